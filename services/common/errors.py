@@ -1,0 +1,65 @@
+"""Typed domain errors and their one mapping to gRPC status codes.
+
+Engines and servicers raise these; the error interceptor (see ``server.py``) turns them into
+canonical status codes. Anything else that escapes a handler is an INTERNAL error.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class DomainError(Exception):
+    """Base of errors a caller can act on. ``code`` is the gRPC status it maps to."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(DomainError):
+    """The request is malformed: bad audio, empty text, out-of-range parameter."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(DomainError):
+    """A named thing (voice, session) does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(DomainError):
+    """The request is valid but the loaded engine cannot serve it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(DomainError):
+    """Admission control rejected the request (queue full, too many streams)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(DomainError):
+    """A dependency (another stage) is down or shutting down; retrying may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(DomainError):
+    """The work did not finish before the caller's deadline."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a client sees for ``error``."""
+    if isinstance(error, DomainError):
+        return error.code, error.message
+    if isinstance(error, grpc.aio.AioRpcError):
+        # A downstream stage failed: pass its status through (a caller error stays a caller error).
+        return error.code(), error.details() or error.code().name
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(error).__name__}"

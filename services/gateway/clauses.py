@@ -1,0 +1,66 @@
+"""Cutting a stream of reply text into clauses that can be synthesised on their own.
+
+The first clause is cut early (at a comma) so the first audio leaves soon; later clauses are
+longer, which sounds more natural and costs fewer TTS calls.
+"""
+
+from __future__ import annotations
+
+import re
+
+_HARD = set("。！？!?；;\n")
+_SOFT = set("，,、：:")
+_SPEAKABLE = re.compile(r"[0-9A-Za-z\u3400-\u9fff\u00c0-\u024f]")
+_MAX_CHARS = 160
+
+
+def speakable(text: str) -> bool:
+    return bool(_SPEAKABLE.search(text))
+
+
+class ClauseSplitter:
+    def __init__(self, first_min_chars: int, min_chars: int) -> None:
+        self._first_min = first_min_chars
+        self._min = min_chars
+        self._buffer = ""
+        self._emitted = 0
+
+    def push(self, delta: str) -> list[str]:
+        """Add text; return the clauses now complete."""
+        self._buffer += delta
+        clauses = []
+        while (cut := self._cut_position()) is not None:
+            clause, self._buffer = self._buffer[:cut].strip(), self._buffer[cut:]
+            if speakable(clause):
+                clauses.append(clause)
+                self._emitted += 1
+        return clauses
+
+    def flush(self) -> list[str]:
+        clause, self._buffer = self._buffer.strip(), ""
+        return [clause] if speakable(clause) else []
+
+    def _cut_position(self) -> int | None:
+        minimum = self._first_min if self._emitted == 0 else self._min
+        buffer = self._buffer
+        for index, char in enumerate(buffer):
+            end = index + 1
+            if char == ".":
+                # A full stop ends a sentence only before whitespace (not "3.5" or "e.g" mid-word).
+                if end < len(buffer) and buffer[end].isspace():
+                    return end
+            elif char in _HARD:
+                return end
+            elif char in _SOFT and index >= minimum:
+                return end
+        if len(buffer) > _MAX_CHARS:
+            space = buffer.rfind(" ", 0, _MAX_CHARS)
+            return space + 1 if space > 0 else _MAX_CHARS
+        return None
+
+
+def looks_chinese(text: str) -> bool:
+    """True when CJK characters outnumber Latin letters."""
+    cjk = len(re.findall(r"[\u3400-\u9fff]", text))
+    latin = len(re.findall(r"[A-Za-z]", text))
+    return cjk > 0 and cjk * 2 >= latin

