@@ -46,8 +46,12 @@ class ClauseSplitter:
         for index, char in enumerate(buffer):
             end = index + 1
             if char == ".":
-                # A full stop ends a sentence only before whitespace (not "3.5" or "e.g" mid-word).
-                if end < len(buffer) and buffer[end].isspace():
+                # A full stop ends a sentence before whitespace, or at the end of the text so far
+                # after a letter; after a digit it may be a decimal point ("3.5"): wait and see.
+                if end < len(buffer):
+                    if buffer[end].isspace():
+                        return end
+                elif index > 0 and buffer[index - 1].isalpha():
                     return end
             elif char in _HARD:
                 return end

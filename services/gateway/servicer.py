@@ -84,12 +84,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         state = _TurnState(started=time.perf_counter())
         text = request.input.text.strip()
         has_audio = bool(request.input.audio.content)
+        if request.input.HasField("audio") and not has_audio:
+            raise InvalidArgument("input.audio is empty: send 16-bit PCM or a WAV file")
         if not text and not has_audio:
             raise InvalidArgument("input is empty: set input.text or input.audio")
         if len(text) > self._settings.max_text_chars:
             raise InvalidArgument(f"input.text is {len(text)} characters; the limit is {self._settings.max_text_chars}")
-        if request.input.HasField("audio") and not has_audio:
-            raise InvalidArgument("input.audio is empty: send 16-bit PCM or a WAV file")
         controls_from_message(request.controls)
         if request.sample_rate_hz:
             check_sample_rate(request.sample_rate_hz)

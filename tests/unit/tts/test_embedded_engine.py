@@ -131,6 +131,14 @@ async def test_closing_mid_text_leaves_the_worker_in_step(engine: EmbeddedTtsEng
 
 
 @pytest.mark.asyncio
+async def test_concurrent_requests_each_get_their_own_audio(engine: EmbeddedTtsEngine) -> None:
+    texts = ["今天天气很好。我们一起去公园散步吧。", ZH_SENTENCE, "晚上再回家吃饭。"]
+    alone = [[chunk.samples.size for chunk in await collect(engine, "zh-baker", text)] for text in texts]
+    together = await asyncio.gather(*(collect(engine, "zh-baker", text) for text in texts))
+    assert [[chunk.samples.size for chunk in chunks] for chunks in together] == alone
+
+
+@pytest.mark.asyncio
 async def test_killed_worker_fails_the_request_in_flight_and_restarts(engine: EmbeddedTtsEngine) -> None:
     text = " ".join(f"This is sentence number {n} of a long answer." for n in range(1, 13))
     stream = engine.synthesize(text, voice(engine, "en-joe"), Controls())
