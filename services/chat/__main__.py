@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
+
 from services.chat.engines import create_engine
 from services.chat.servicer import ChatServicer
 from services.chat.settings import ChatSettings
 from services.common.server import ServiceDefinition, compose_stage, run_service
 from services.common.settings import load_settings
-from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
 
 SERVICE_NAME = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 

@@ -6,12 +6,12 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
+from stepaudio.common.v1 import speech_pb2
 
 from services.chat.engine import ChatEngine, Message, Sampling, Usage
 from services.chat.settings import ChatSettings
 from services.common.errors import FailedPrecondition, InvalidArgument
-from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
-from stepaudio.common.v1 import speech_pb2
 
 _ROLES = {chat_pb2.ROLE_SYSTEM: "system", chat_pb2.ROLE_USER: "user", chat_pb2.ROLE_ASSISTANT: "assistant"}
 _FINISH = {"stop": chat_pb2.FINISH_REASON_STOP, "length": chat_pb2.FINISH_REASON_LENGTH}

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.common.errors import InvalidArgument
 from stepaudio.common.v1 import speech_pb2
+
+from services.common.errors import InvalidArgument
 
 EMOTIONS = ("happy", "angry", "sad", "coquettish")
 STYLES = ("rap", "humming")

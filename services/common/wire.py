@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from stepaudio.common.v1 import audio_pb2, speech_pb2
 
 from services.common.audio import DeclaredFormat, to_pcm16
-from stepaudio.common.v1 import audio_pb2, speech_pb2
 
 _ENCODINGS = {
     audio_pb2.AUDIO_ENCODING_UNSPECIFIED: "",

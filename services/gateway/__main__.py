@@ -6,6 +6,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from stepaudio.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
 from services.common.logs import configure_logging
 from services.common.server import ServiceDefinition, run_service
 from services.common.settings import load_settings
@@ -13,7 +15,6 @@ from services.gateway.servicer import GatewayServicer
 from services.gateway.sessions import SessionStore
 from services.gateway.settings import GatewaySettings
 from services.gateway.stages import Stages
-from stepaudio.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 

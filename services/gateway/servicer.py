@@ -8,6 +8,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
+from stepaudio.chat.v1 import chat_pb2
+from stepaudio.common.v1 import audio_pb2, speech_pb2
+from stepaudio.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from stepaudio.tokenizer.v1 import tokenizer_pb2
+from stepaudio.tts.v1 import tts_pb2
 
 from services.common.audio import check_sample_rate
 from services.common.controls import controls_from_message
@@ -18,11 +23,6 @@ from services.gateway.clauses import ClauseSplitter, looks_chinese
 from services.gateway.sessions import Session, SessionStore, Turn
 from services.gateway.settings import GatewaySettings
 from services.gateway.stages import Stages
-from stepaudio.chat.v1 import chat_pb2
-from stepaudio.common.v1 import audio_pb2, speech_pb2
-from stepaudio.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from stepaudio.tokenizer.v1 import tokenizer_pb2
-from stepaudio.tts.v1 import tts_pb2
 
 _SPEAKERS = {"user": gateway_pb2.SPEAKER_USER, "assistant": gateway_pb2.SPEAKER_ASSISTANT}
 _DONE = object()

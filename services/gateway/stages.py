@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import grpc
-
-from services.gateway.settings import GatewaySettings
 from stepaudio.chat.v1 import chat_pb2_grpc
 from stepaudio.tokenizer.v1 import tokenizer_pb2_grpc
 from stepaudio.tts.v1 import tts_pb2_grpc
+
+from services.gateway.settings import GatewaySettings
 
 
 def _service_config(service: str) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+
+from services.common.server import ServiceDefinition, compose_stage, run_service
+from services.common.settings import load_settings
 from services.tokenizer.engines import create_engine
 from services.tokenizer.servicer import TokenizerServicer
 from services.tokenizer.settings import TokenizerSettings
-from services.common.server import ServiceDefinition, compose_stage, run_service
-from services.common.settings import load_settings
-from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 SERVICE_NAME = tokenizer_pb2.DESCRIPTOR.services_by_name["TokenizerService"].full_name
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterable
 
 import grpc
 import numpy as np
+from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 from services.common.audio import AudioLimits, StreamResampler, check_sample_rate, decode_audio, decode_pcm16, resample
 from services.common.concurrency import run_blocking
@@ -22,7 +23,6 @@ from services.tokenizer.engine import (
     audio_token_text,
 )
 from services.tokenizer.settings import TokenizerSettings
-from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
 
 def _options(config: tokenizer_pb2.TokenizeConfig) -> StreamOptions:

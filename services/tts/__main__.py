@@ -5,12 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
+
+from services.common.server import ServiceDefinition, compose_stage, run_service
+from services.common.settings import load_settings
 from services.tts.engines import create_engine
 from services.tts.servicer import TtsServicer
 from services.tts.settings import TtsSettings
-from services.common.server import ServiceDefinition, compose_stage, run_service
-from services.common.settings import load_settings
-from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
 
 SERVICE_NAME = tts_pb2.DESCRIPTOR.services_by_name["TtsService"].full_name
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from services.common.controls import Controls
 
+
 @dataclass(frozen=True)
 class VoiceInfo:
     voice_id: str

@@ -6,15 +6,16 @@ from collections.abc import AsyncIterator
 
 import grpc
 import numpy as np
-
-from services.common.audio import StreamResampler, check_sample_rate
-from services.common.errors import InvalidArgument, NotFound
-from services.common.wire import audio_chunk
-from services.common.controls import controls_from_message
-from services.tts.engine import TtsEngine, VoiceInfo
-from services.tts.settings import TtsSettings
 from stepaudio.common.v1 import speech_pb2
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
+
+from services.common.audio import StreamResampler, check_sample_rate
+from services.common.controls import controls_from_message
+from services.common.errors import InvalidArgument, NotFound
+from services.common.wire import audio_chunk
+from services.tts.engine import TtsEngine, VoiceInfo
+from services.tts.settings import TtsSettings
+
 
 def voice_message(voice: VoiceInfo) -> speech_pb2.Voice:
     return speech_pb2.Voice(

