@@ -24,7 +24,7 @@ install: $(STAMP)
 
 $(STAMP): requirements/*.txt pyproject.toml $(PROTOS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip==25.3
+	$(PIP) install -q --upgrade pip==26.3
 	@# llama-cpp-python has no CPU wheel on PyPI: build it once, keep the wheel for later installs.
 	mkdir -p $(WHEEL_CACHE)
 	ls $(WHEEL_CACHE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \

@@ -141,11 +141,15 @@ def _up(run_dir: Path) -> int:
     cluster = LocalCluster(run_dir, fixed_ports=True, detached=True)
     print("starting tokenizer, chat, tts, then gateway (first start assembles the models)...", file=sys.stderr)
     cluster.start()
-    state = {name: {"pid": s.process.pid, "grpc_port": s.grpc_port, "metrics_port": s.metrics_port, "log": str(s.log_file)}
-             for name, s in cluster.services.items()}  # fmt: skip
+    state = {
+        name: {"pid": s.process.pid, "grpc_port": s.grpc_port, "metrics_port": s.metrics_port, "log": str(s.log_file)}
+        for name, s in cluster.services.items()
+    }
     (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
     for name, entry in state.items():
-        print(f"{name:<10} grpc 127.0.0.1:{entry['grpc_port']}  metrics http://127.0.0.1:{entry['metrics_port']}/metrics")
+        print(
+            f"{name:<10} grpc 127.0.0.1:{entry['grpc_port']}  metrics http://127.0.0.1:{entry['metrics_port']}/metrics"
+        )
     return 0
 
 

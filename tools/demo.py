@@ -10,10 +10,11 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from stepaudio.common.v1 import speech_pb2
 from stepaudio_client.cli import write_wav
 from stepaudio_client.client import GatewayClient, TurnResult, pcm16_audio, wav_audio
+
 from tools.cluster import ROOT, LocalCluster
-from stepaudio.common.v1 import speech_pb2
 from tools.speech_check import character_error_rate, speakable_reference
 
 RECORDING = ROOT.parent / "shared" / "data" / "step-audio" / "Tingting_prompt.wav"
@@ -94,7 +95,7 @@ async def conversation(address: str, metrics_url: str) -> int:
             if await check_reply(client, turn, out / f"turn{number}.wav") > MAX_CER:
                 print("  FAIL: the reply audio does not say the reply text")
                 failures += 1
-    metrics_text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    metrics_text = await asyncio.to_thread(lambda: urllib.request.urlopen(metrics_url, timeout=5).read().decode())
     print(f"\ngateway metrics ({metrics_url}):")
     for name in METRICS:
         count, total = histogram_summary(metrics_text, name)

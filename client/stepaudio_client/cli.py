@@ -1,11 +1,11 @@
 """``stepaudio``: command-line client of the gateway.
 
-    stepaudio chat --text "你好" --out reply.wav
-    stepaudio chat --audio question.wav --session <id> --out reply.wav
-    stepaudio tts "Hello there" --voice en-joe --out hello.wav
-    stepaudio transcribe recording.wav
-    stepaudio voices
-    stepaudio session create | get ID | delete ID
+stepaudio chat --text "你好" --out reply.wav
+stepaudio chat --audio question.wav --session <id> --out reply.wav
+stepaudio tts "Hello there" --voice en-joe --out hello.wav
+stepaudio transcribe recording.wav
+stepaudio voices
+stepaudio session create | get ID | delete ID
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import wave
 from pathlib import Path
 
 import grpc
-
 from stepaudio.common.v1 import speech_pb2
+
 from stepaudio_client.client import DEFAULT_ADDRESS, GatewayClient, wav_audio
 
 
@@ -54,7 +54,7 @@ class _Progress:
 
 
 async def cmd_chat(client: GatewayClient, args: argparse.Namespace) -> int:
-    audio = wav_audio(Path(args.audio).read_bytes()) if args.audio else None
+    audio = wav_audio(await asyncio.to_thread(Path(args.audio).read_bytes)) if args.audio else None
     call = client.chat_stream(
         args.text or "",
         audio,
@@ -112,7 +112,8 @@ async def cmd_tts(client: GatewayClient, args: argparse.Namespace) -> int:
 
 
 async def cmd_transcribe(client: GatewayClient, args: argparse.Namespace) -> int:
-    response = await client.transcribe(wav_audio(Path(args.file).read_bytes()), args.language or "", args.timeout)
+    content = await asyncio.to_thread(Path(args.file).read_bytes)
+    response = await client.transcribe(wav_audio(content), args.language or "", args.timeout)
     print(response.transcript.text)
     return 0
 
@@ -141,8 +142,12 @@ async def cmd_session(client: GatewayClient, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="stepaudio", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    root.add_argument("--address", default=os.environ.get("STEPAUDIO_ADDRESS", DEFAULT_ADDRESS), help="gateway host:port")
+    root = argparse.ArgumentParser(
+        prog="stepaudio", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    root.add_argument(
+        "--address", default=os.environ.get("STEPAUDIO_ADDRESS", DEFAULT_ADDRESS), help="gateway host:port"
+    )
     root.add_argument("--timeout", type=float, default=None, help="deadline of the call, in seconds")
     commands = root.add_subparsers(dest="command", required=True)
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 import grpc
-
 from stepaudio.common.v1 import audio_pb2, speech_pb2
 from stepaudio.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -130,7 +129,9 @@ class GatewayClient:
     async def transcribe(
         self, audio: audio_pb2.Audio, language: str = "", timeout: float | None = None
     ) -> gateway_pb2.TranscribeResponse:
-        return await self.stub.Transcribe(gateway_pb2.TranscribeRequest(audio=audio, language=language), timeout=timeout)
+        return await self.stub.Transcribe(
+            gateway_pb2.TranscribeRequest(audio=audio, language=language), timeout=timeout
+        )
 
     async def list_voices(self, language: str = "", timeout: float | None = None) -> list[speech_pb2.Voice]:
         response = await self.stub.ListVoices(gateway_pb2.ListVoicesRequest(language=language), timeout=timeout)

@@ -28,10 +28,14 @@ def resolve_sampling(requested: speech_pb2.SamplingParams, default: Sampling) ->
     """Engine defaults with the request's set fields on top, each range-checked."""
     field = requested.HasField
     return Sampling(
-        temperature=_in_range("temperature", requested.temperature, 0, 2) if field("temperature") else default.temperature,
+        temperature=_in_range("temperature", requested.temperature, 0, 2)
+        if field("temperature")
+        else default.temperature,
         top_p=_in_range("top_p", requested.top_p, 0, 1, low_open=True) if field("top_p") else default.top_p,
         top_k=int(_in_range("top_k", requested.top_k, 0, 1000)) if field("top_k") else default.top_k,
-        max_tokens=int(_in_range("max_tokens", requested.max_tokens, 1, 4096)) if field("max_tokens") else default.max_tokens,
+        max_tokens=int(_in_range("max_tokens", requested.max_tokens, 1, 4096))
+        if field("max_tokens")
+        else default.max_tokens,
         repetition_penalty=_in_range("repetition_penalty", requested.repetition_penalty, 0.5, 2)
         if field("repetition_penalty")
         else default.repetition_penalty,
@@ -48,13 +52,17 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         if not request.messages:
             raise InvalidArgument("messages is empty: send at least one user message")
         if len(request.messages) > self._settings.max_messages:
-            raise InvalidArgument(f"{len(request.messages)} messages is over the limit of {self._settings.max_messages}")
+            raise InvalidArgument(
+                f"{len(request.messages)} messages is over the limit of {self._settings.max_messages}"
+            )
         messages = []
         total = 0
         for index, message in enumerate(request.messages):
             role = _ROLES.get(message.role)
             if role is None:
-                raise InvalidArgument(f"messages[{index}].role is not set: use ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT")
+                raise InvalidArgument(
+                    f"messages[{index}].role is not set: use ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT"
+                )
             if not message.text.strip() and not message.audio_tokens:
                 raise InvalidArgument(f"messages[{index}] is empty: set text or audio_tokens")
             if message.audio_tokens and not self._engine.info.supports_audio_tokens:

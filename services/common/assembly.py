@@ -41,7 +41,7 @@ def package_path(spec: str) -> Path:
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
         raise FileNotFoundError(f"package {package!r} is not installed (run `make install`)")
-    return Path(list(found.submodule_search_locations)[0]) / relative
+    return Path(next(iter(found.submodule_search_locations))) / relative
 
 
 def sha256_of(path: Path) -> str:

@@ -51,9 +51,7 @@ def decode_pcm16(content: bytes, sample_rate_hz: int, channels: int) -> np.ndarr
     if content[:4] in _CONTAINER_MAGIC:
         raise InvalidArgument("audio is declared PCM16 but looks like a WAV/FLAC/OGG file: set encoding WAV")
     if len(content) % (2 * channels):
-        raise InvalidArgument(
-            f"PCM16 audio must be whole frames of {2 * channels} bytes; got {len(content)} bytes"
-        )
+        raise InvalidArgument(f"PCM16 audio must be whole frames of {2 * channels} bytes; got {len(content)} bytes")
     samples = np.frombuffer(content, dtype="<i2").astype(np.float32) / 32768.0
     if channels > 1:
         samples = samples.reshape(-1, channels).mean(axis=1)
@@ -83,9 +81,7 @@ def decode_audio(content: bytes, declared: DeclaredFormat, limits: AudioLimits) 
                 f"declared sample_rate_hz {declared.sample_rate_hz} does not match the file's {rate} Hz"
             )
         if declared.channels and declared.channels != data.shape[1]:
-            raise InvalidArgument(
-                f"declared channels {declared.channels} does not match the file's {data.shape[1]}"
-            )
+            raise InvalidArgument(f"declared channels {declared.channels} does not match the file's {data.shape[1]}")
         _check_channels(data.shape[1])
         samples = data.mean(axis=1)
     else:

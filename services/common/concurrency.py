@@ -53,7 +53,7 @@ async def iterate_in_thread(
                 if stopped.is_set():
                     return
                 put(item)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
+        except BaseException as error:
             put(_Failure(error))
         finally:
             close = getattr(iterator, "close", None)

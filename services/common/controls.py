@@ -72,5 +72,3 @@ def controls_from_message(message: speech_pb2.VoiceControls) -> Controls:
         speed=speed,
         volume=volume,
     )
-
-

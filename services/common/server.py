@@ -25,12 +25,8 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "x-request-id"
 
-RPC_HANDLED = Counter(
-    "stepaudio_rpc_handled_total", "RPCs finished, by method and status code.", ["method", "code"]
-)
-RPC_IN_FLIGHT = Gauge(
-    "stepaudio_rpc_inflight", "RPCs being served now, by method (autoscaling signal).", ["method"]
-)
+RPC_HANDLED = Counter("stepaudio_rpc_handled_total", "RPCs finished, by method and status code.", ["method", "code"])
+RPC_IN_FLIGHT = Gauge("stepaudio_rpc_inflight", "RPCs being served now, by method (autoscaling signal).", ["method"])
 RPC_SECONDS = Histogram(
     "stepaudio_rpc_duration_seconds",
     "Wall time of RPCs from arrival to the last message, by method.",
@@ -181,8 +177,11 @@ def build_server(definition: ServiceDefinition) -> tuple[grpc.aio.Server, int]:
     definition.register(server)
     health_pb2_grpc.add_HealthServicer_to_server(definition.health_servicer, server)
     reflection.enable_server_reflection(
-        [*definition.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
+        [
+            *definition.service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     port = server.add_insecure_port(f"{settings.host}:{settings.port}")
@@ -207,7 +206,7 @@ async def serve(definition: ServiceDefinition) -> None:
     await server.start()
     await set_serving(definition, True)
     if settings.port_file:
-        Path(settings.port_file).write_text(f"{port} {metrics_port}\n")
+        await asyncio.to_thread(Path(settings.port_file).write_text, f"{port} {metrics_port}\n")
     log.info("serving", extra={"grpc_port": port, "metrics_port": metrics_port, "service": definition.name})
 
     stop = asyncio.Event()

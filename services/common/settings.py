@@ -19,17 +19,13 @@ class ServiceSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address the gRPC server binds (0.0.0.0 in containers).")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free port (tests).")
-    metrics_port: int = Field(
-        0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 picks a free port."
-    )
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics HTTP port; 0 picks a free port.")
     metrics_host: str = Field("127.0.0.1", description="Address the /metrics HTTP server binds.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="On SIGTERM: seconds in-flight RPCs get to finish before they are cancelled."
     )
-    max_message_bytes: int = Field(
-        16 * MiB, ge=MiB, description="Largest gRPC message accepted or sent, in bytes."
-    )
+    max_message_bytes: int = Field(16 * MiB, ge=MiB, description="Largest gRPC message accepted or sent, in bytes.")
     max_concurrent_rpcs: int = Field(
         64, ge=1, description="RPCs served at once; beyond this new calls get RESOURCE_EXHAUSTED."
     )

@@ -19,12 +19,12 @@ def declared_format(fmt: audio_pb2.AudioFormat) -> DeclaredFormat:
 
 
 def pcm16_format(sample_rate_hz: int) -> audio_pb2.AudioFormat:
-    return audio_pb2.AudioFormat(
-        encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=sample_rate_hz, channels=1
-    )
+    return audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=sample_rate_hz, channels=1)
 
 
-def audio_chunk(samples: np.ndarray, sample_rate_hz: int, sequence_number: int, offset_seconds: float) -> audio_pb2.AudioChunk:
+def audio_chunk(
+    samples: np.ndarray, sample_rate_hz: int, sequence_number: int, offset_seconds: float
+) -> audio_pb2.AudioChunk:
     return audio_pb2.AudioChunk(
         format=pcm16_format(sample_rate_hz),
         content=to_pcm16(samples),
@@ -33,7 +33,7 @@ def audio_chunk(samples: np.ndarray, sample_rate_hz: int, sequence_number: int, 
     )
 
 
-def transcript_message(text: str, language: str, start: float, end: float, is_final: bool = True) -> speech_pb2.Transcript:
-    return speech_pb2.Transcript(
-        text=text, language=language, start_seconds=start, end_seconds=end, is_final=is_final
-    )
+def transcript_message(
+    text: str, language: str, start: float, end: float, is_final: bool = True
+) -> speech_pb2.Transcript:
+    return speech_pb2.Transcript(text=text, language=language, start_seconds=start, end_seconds=end, is_final=is_final)

@@ -15,11 +15,11 @@ from stepaudio.tokenizer.v1 import tokenizer_pb2
 from stepaudio.tts.v1 import tts_pb2
 
 from services.common.audio import AudioLimits, check_sample_rate, decode_audio
-from services.common.wire import declared_format
 from services.common.concurrency import run_blocking
 from services.common.controls import controls_from_message
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 from services.common.logs import request_id_var
+from services.common.wire import declared_format
 from services.gateway import metrics
 from services.gateway.clauses import ClauseSplitter, looks_chinese
 from services.gateway.sessions import Session, SessionStore, Turn
@@ -313,7 +313,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListVoicesResponse:
         response = await self._stages.tts.ListVoices(
-            tts_pb2.ListVoicesRequest(language=request.language), timeout=self._timeout(context), metadata=self._metadata()
+            tts_pb2.ListVoicesRequest(language=request.language),
+            timeout=self._timeout(context),
+            metadata=self._metadata(),
         )
         return gateway_pb2.ListVoicesResponse(voices=response.voices)
 
@@ -346,5 +348,5 @@ async def _finish_into(events: asyncio.Queue[object], job: Callable[[], Awaitabl
         await events.put(_DONE)
     except asyncio.CancelledError:
         raise
-    except BaseException as error:  # noqa: BLE001 - re-raised by the consumer
+    except BaseException as error:
         await events.put(error)

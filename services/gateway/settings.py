@@ -18,7 +18,9 @@ class GatewaySettings(ServiceSettings):
         120.0, gt=0, description="Deadline of each stage call when the client set none, in seconds."
     )
     sessions_dir: str = Field(".sessions", description="Directory where sessions are stored (one JSON file each).")
-    max_sessions: int = Field(10000, ge=1, description="Most sessions kept; CreateSession beyond it gets RESOURCE_EXHAUSTED.")
+    max_sessions: int = Field(
+        10000, ge=1, description="Most sessions kept; CreateSession beyond it gets RESOURCE_EXHAUSTED."
+    )
     max_history_turns: int = Field(
         16, ge=0, description="Most earlier turns (user + assistant pairs) sent to the chat model as context."
     )

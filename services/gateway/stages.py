@@ -18,8 +18,11 @@ def _service_config(service: str) -> str:
         {
             "methodConfig": [
                 {
-                    "name": [{"service": service, "method": "Tokenize"}, {"service": service, "method": "ListVoices"},
-                             {"service": service, "method": "GetEngineInfo"}],
+                    "name": [
+                        {"service": service, "method": "Tokenize"},
+                        {"service": service, "method": "ListVoices"},
+                        {"service": service, "method": "GetEngineInfo"},
+                    ],
                     "retryPolicy": {
                         "maxAttempts": 3,
                         "initialBackoff": "0.2s",

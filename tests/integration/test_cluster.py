@@ -13,16 +13,15 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 import soundfile
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
 from stepaudio.common.v1 import audio_pb2, speech_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
 from stepaudio_client.client import GatewayClient, pcm16_audio, wav_audio
+
 from tests.unit.test_audio import tone, wav
 from tests.unit.test_stage_servicers import expect_code
 from tools.cluster import ROOT, LocalCluster
@@ -38,7 +37,7 @@ def recording(shared_data: Path, name: str = "Tingting_prompt.wav") -> bytes:
     return (shared_data / name).read_bytes()
 
 
-async def gather_audio(chunks) -> tuple[bytes, int]:  # noqa: ANN001
+async def gather_audio(chunks) -> tuple[bytes, int]:
     pcm = bytearray()
     rate = 0
     async for chunk in chunks:
@@ -51,7 +50,10 @@ async def test_voices_and_intelligible_synthesis_in_both_languages(cluster: Loca
     async with GatewayClient(cluster.gateway_address) as client:
         voices = {voice.voice_id: voice for voice in await client.list_voices()}
         assert {"en-joe", "zh-baker"} <= set(voices)
-        for voice_id, text in (("en-joe", "The weather is lovely today."), ("zh-baker", "今天天气很好，我们去公园散步吧。")):
+        for voice_id, text in (
+            ("en-joe", "The weather is lovely today."),
+            ("zh-baker", "今天天气很好，我们去公园散步吧。"),
+        ):
             pcm, rate = await gather_audio(client.synthesize(text, voice_id=voice_id))
             assert rate == voices[voice_id].native_sample_rate_hz
             seconds = len(pcm) / 2 / rate
@@ -71,7 +73,9 @@ async def test_transcribe_a_real_recording(cluster: LocalCluster, shared_data: P
 async def test_spoken_then_text_turns_in_a_session(cluster: LocalCluster, shared_data: Path) -> None:
     async with GatewayClient(cluster.gateway_address) as client:
         session = await client.create_session()
-        spoken = await client.chat(audio=wav_audio(recording(shared_data)), session_id=session.session_id, sampling=SEEDED)
+        spoken = await client.chat(
+            audio=wav_audio(recording(shared_data)), session_id=session.session_id, sampling=SEEDED
+        )
         assert character_error_rate(MANIFEST_TEXT, spoken.user_transcript) < 0.25
         assert spoken.reply_text and spoken.pcm
         assert 0 < spoken.summary.latency.first_audio_seconds < spoken.summary.latency.total_seconds
@@ -89,7 +93,7 @@ async def test_stage_rpcs_directly(cluster: LocalCluster, shared_data: Path) -> 
     pcm = samples.tobytes()
     piece = int(rate * 0.02) * 2  # 20 ms
 
-    def requests():  # noqa: ANN202
+    def requests():
         yield tokenizer_pb2.StreamingTokenizeRequest(
             config=tokenizer_pb2.TokenizeConfig(
                 format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=rate),
@@ -120,7 +124,9 @@ async def test_stage_rpcs_directly(cluster: LocalCluster, shared_data: Path) -> 
 
     async with grpc.aio.insecure_channel(cluster.services["tts"].address) as channel:
         stub = tts_pb2_grpc.TtsServiceStub(channel)
-        chunks = [r.audio async for r in stub.Synthesize(tts_pb2.SynthesizeRequest(text="Hello.", sample_rate_hz=16000))]
+        chunks = [
+            r.audio async for r in stub.Synthesize(tts_pb2.SynthesizeRequest(text="Hello.", sample_rate_hz=16000))
+        ]
         assert chunks and all(c.format.sample_rate_hz == 16000 for c in chunks)
 
 
@@ -163,17 +169,27 @@ async def test_cancelled_turn_stops_the_gateway_stream(cluster: LocalCluster) ->
     ("make_call", "code", "text"),
     [
         (lambda c: c.transcribe(audio_pb2.Audio()), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
-        (lambda c: c.transcribe(wav_audio(b"RIFF....WAVEfmt garbage")), grpc.StatusCode.INVALID_ARGUMENT, "not a readable"),
+        (
+            lambda c: c.transcribe(wav_audio(b"RIFF....WAVEfmt garbage")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "not a readable",
+        ),
         (lambda c: c.transcribe(audio_pb2.Audio(content=b"hello, world")), grpc.StatusCode.INVALID_ARGUMENT, "not set"),
         (
             lambda c: c.transcribe(
-                audio_pb2.Audio(format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV, sample_rate_hz=44100),
-                                content=wav(tone(0.5, 16000), 16000))
+                audio_pb2.Audio(
+                    format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV, sample_rate_hz=44100),
+                    content=wav(tone(0.5, 16000), 16000),
+                )
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
             "does not match",
-        ),  # fmt: skip
-        (lambda c: c.transcribe(pcm16_audio(b"\x00\x00" * 16000 * 61, 16000)), grpc.StatusCode.INVALID_ARGUMENT, "limit is 60"),
+        ),
+        (
+            lambda c: c.transcribe(pcm16_audio(b"\x00\x00" * 16000 * 61, 16000)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "limit is 60",
+        ),
         (lambda c: c.synthesize("   "), grpc.StatusCode.INVALID_ARGUMENT, "text is empty"),
         (lambda c: c.synthesize("x" * 2001), grpc.StatusCode.INVALID_ARGUMENT, "limit is 2000"),
         (lambda c: c.synthesize("hi", voice_id="nobody"), grpc.StatusCode.NOT_FOUND, "available voices"),
@@ -197,7 +213,9 @@ async def test_cancelled_turn_stops_the_gateway_stream(cluster: LocalCluster) ->
         ),
     ],
 )
-async def test_bad_input_gets_the_right_status_and_everything_stays_serving(cluster: LocalCluster, make_call, code, text) -> None:
+async def test_bad_input_gets_the_right_status_and_everything_stays_serving(
+    cluster: LocalCluster, make_call, code, text
+) -> None:
     async with GatewayClient(cluster.gateway_address, max_message_bytes=64 * 1024 * 1024) as client:
         call = make_call(client)
         await expect_code(call, code, text)
@@ -208,7 +226,9 @@ async def test_bad_input_gets_the_right_status_and_everything_stays_serving(clus
 
 
 def test_gateway_metrics_hold_latency_histograms(cluster: LocalCluster) -> None:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{cluster.services['gateway'].metrics_port}/metrics").read().decode()
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{cluster.services['gateway'].metrics_port}/metrics").read().decode()
+    )
     counts = {
         line.split()[0]: float(line.split()[-1])
         for line in text.splitlines()

@@ -49,7 +49,9 @@ def test_pcm16_round_trips_and_encoding_is_inferred_from_a_container() -> None:
         (wav(np.full(100, np.nan, dtype=np.float32), 16000, "FLOAT"), DeclaredFormat("wav"), "NaN"),
     ],
 )
-def test_bad_audio_is_rejected_with_an_actionable_message(content: bytes, declared: DeclaredFormat, message: str) -> None:
+def test_bad_audio_is_rejected_with_an_actionable_message(
+    content: bytes, declared: DeclaredFormat, message: str
+) -> None:
     with pytest.raises(InvalidArgument, match=message):
         decode_audio(content, declared, LIMITS)
 

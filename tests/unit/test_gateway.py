@@ -8,6 +8,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from stepaudio.chat.v1 import chat_pb2_grpc
+from stepaudio.common.v1 import audio_pb2, speech_pb2
+from stepaudio.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from stepaudio.tokenizer.v1 import tokenizer_pb2_grpc
+from stepaudio.tts.v1 import tts_pb2_grpc
+from stepaudio_client.client import GatewayClient, wav_audio
 
 from services.chat.servicer import ChatServicer
 from services.chat.settings import ChatSettings
@@ -19,12 +25,6 @@ from services.tokenizer.servicer import TokenizerServicer
 from services.tokenizer.settings import TokenizerSettings
 from services.tts.servicer import TtsServicer
 from services.tts.settings import TtsSettings
-from stepaudio.chat.v1 import chat_pb2_grpc
-from stepaudio.common.v1 import audio_pb2, speech_pb2
-from stepaudio.gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from stepaudio.tokenizer.v1 import tokenizer_pb2_grpc
-from stepaudio.tts.v1 import tts_pb2_grpc
-from stepaudio_client.client import GatewayClient, wav_audio
 from tests.conftest import serving
 from tests.fakes import FakeChatEngine, FakeTokenizerEngine, FakeTtsEngine
 from tests.unit.test_audio import tone, wav
@@ -44,8 +44,10 @@ class Cluster:
         stages = [
             ("tokenizer", TokenizerSettings(), tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server,
              lambda s: TokenizerServicer(self.tokenizer, s)),
-            ("chat", ChatSettings(), chat_pb2_grpc.add_ChatServiceServicer_to_server, lambda s: ChatServicer(self.chat, s)),
-            ("tts", TtsSettings(), tts_pb2_grpc.add_TtsServiceServicer_to_server, lambda s: TtsServicer(self.tts, s)),
+            ("chat", ChatSettings(), chat_pb2_grpc.add_ChatServiceServicer_to_server,
+             lambda s: ChatServicer(self.chat, s)),
+            ("tts", TtsSettings(), tts_pb2_grpc.add_TtsServiceServicer_to_server,
+             lambda s: TtsServicer(self.tts, s)),
         ]  # fmt: skip
         for name, settings, add, make in stages:
             if name == "chat" and not chat_up:
@@ -102,7 +104,9 @@ async def test_text_turn_streams_text_and_numbered_audio_then_summary(cluster: C
     summary = events[-1].summary
     assert summary.reply_text == reply and summary.completion_tokens == 9
     assert summary.audio_seconds == pytest.approx(sum(len(a.content) for a in audio) / 2 / 16000)
-    assert 0 < summary.latency.first_text_seconds <= summary.latency.first_audio_seconds <= summary.latency.total_seconds
+    assert (
+        0 < summary.latency.first_text_seconds <= summary.latency.first_audio_seconds <= summary.latency.total_seconds
+    )
     assert summary.request_id == dict(await call.initial_metadata())["x-request-id"]
     messages, _ = cluster.chat.requests[0]
     assert [m.role for m in messages] == ["system", "user"] and messages[1].text == "Say hello"
@@ -145,7 +149,12 @@ async def test_spoken_turn_is_transcribed_and_stored_as_text_in_the_session(clus
         ("user", "and now?"),
     ]
     stored = await cluster.client.get_session(session.session_id)
-    assert [entry.text for entry in stored.history] == ["heard 8000 samples", cluster.chat.reply, "and now?", cluster.chat.reply]
+    assert [entry.text for entry in stored.history] == [
+        "heard 8000 samples",
+        cluster.chat.reply,
+        "and now?",
+        cluster.chat.reply,
+    ]
     reopened = await SessionStore(cluster.sessions_dir, 100).get(session.session_id)  # survives a restart
     assert len(reopened.history) == 4
     await cluster.client.delete_session(session.session_id)
@@ -214,9 +223,11 @@ async def test_transcribe_synthesize_and_list_voices_pass_through(cluster: Clust
     chunks = [chunk async for chunk in cluster.client.synthesize("hello", voice_id="fake-zh")]
     assert chunks and chunks[0].format.sample_rate_hz == 24000
     assert [v.voice_id for v in await cluster.client.list_voices("en")] == ["fake-en"]
-    await expect_code(cluster.client.synthesize("", voice_id="fake-en"), grpc.StatusCode.INVALID_ARGUMENT, "text is empty")
+    await expect_code(
+        cluster.client.synthesize("", voice_id="fake-en"), grpc.StatusCode.INVALID_ARGUMENT, "text is empty"
+    )
     await expect_code(cluster.client.transcribe(audio_pb2.Audio()), grpc.StatusCode.INVALID_ARGUMENT, "empty")
     await expect_code(
-        cluster.client.stub.CreateSession(gateway_pb2.CreateSessionRequest(voice_id="nobody")), grpc.StatusCode.NOT_FOUND
+        cluster.client.stub.CreateSession(gateway_pb2.CreateSessionRequest(voice_id="nobody")),
+        grpc.StatusCode.NOT_FOUND,
     )
-

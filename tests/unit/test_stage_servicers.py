@@ -8,6 +8,10 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
+from stepaudio.common.v1 import audio_pb2, speech_pb2
+from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
 
 from services.chat.servicer import ChatServicer
 from services.chat.settings import ChatSettings
@@ -15,10 +19,6 @@ from services.tokenizer.servicer import TokenizerServicer
 from services.tokenizer.settings import TokenizerSettings
 from services.tts.servicer import TtsServicer
 from services.tts.settings import TtsSettings
-from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
-from stepaudio.common.v1 import audio_pb2, speech_pb2
-from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
-from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
 from tests.conftest import serving
 from tests.fakes import FakeChatEngine, FakeTokenizerEngine, FakeTtsEngine
 from tests.unit.test_audio import tone, wav
@@ -30,7 +30,7 @@ def pcm(seconds: float, rate: int = 16000) -> bytes:
     return (tone(seconds, rate) * 32767).astype("<i2").tobytes()
 
 
-async def expect_code(awaitable, code: grpc.StatusCode, text: str = "") -> str:  # noqa: ANN001
+async def expect_code(awaitable, code: grpc.StatusCode, text: str = "") -> str:
     with pytest.raises(grpc.aio.AioRpcError) as raised:
         if hasattr(awaitable, "__aiter__"):
             [m async for m in awaitable]
@@ -59,7 +59,7 @@ async def tokenizer():
             yield tokenizer_pb2_grpc.TokenizerServiceStub(channel), engine, channel
 
 
-def stream_requests(config: tokenizer_pb2.TokenizeConfig, chunks: list[bytes]):  # noqa: ANN201
+def stream_requests(config: tokenizer_pb2.TokenizeConfig, chunks: list[bytes]):
     yield tokenizer_pb2.StreamingTokenizeRequest(config=config)
     for chunk in chunks:
         yield tokenizer_pb2.StreamingTokenizeRequest(audio_content=chunk)
@@ -89,7 +89,9 @@ async def test_tokenize_unary_accepts_wav(tokenizer) -> None:
     response = await stub.Tokenize(
         tokenizer_pb2.TokenizeRequest(
             config=tokenizer_pb2.TokenizeConfig(emit_transcript=True),
-            audio=audio_pb2.Audio(format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV), content=wav(tone(0.5, 8000), 8000)),
+            audio=audio_pb2.Audio(
+                format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV), content=wav(tone(0.5, 8000), 8000)
+            ),
         )
     )
     assert response.transcript.text == "heard 8000 samples"
@@ -101,7 +103,11 @@ async def test_tokenizer_bad_input_gets_invalid_argument_and_service_stays_servi
     transcript_only = tokenizer_pb2.TokenizeConfig(format=PCM16_16K, emit_transcript=True)
     code = grpc.StatusCode.INVALID_ARGUMENT
     await expect_code(stub.StreamingTokenize(stream_requests(transcript_only, [])), code, "no audio")
-    await expect_code(stub.StreamingTokenize(iter([tokenizer_pb2.StreamingTokenizeRequest(audio_content=b"12")])), code, "first message")
+    await expect_code(
+        stub.StreamingTokenize(iter([tokenizer_pb2.StreamingTokenizeRequest(audio_content=b"12")])),
+        code,
+        "first message",
+    )
     await expect_code(stub.StreamingTokenize(stream_requests(transcript_only, [b"\x01\x02\x03"])), code, "whole frames")
     await expect_code(stub.StreamingTokenize(stream_requests(transcript_only, [pcm(3.0)] * 2)), code, "5 s audio limit")
     bad_rate = tokenizer_pb2.TokenizeConfig(format=audio_pb2.AudioFormat(sample_rate_hz=4000), emit_transcript=True)
@@ -109,7 +115,9 @@ async def test_tokenizer_bad_input_gets_invalid_argument_and_service_stays_servi
     nothing = tokenizer_pb2.TokenizeConfig(format=PCM16_16K)
     await expect_code(stub.StreamingTokenize(stream_requests(nothing, [pcm(0.1)])), code, "asks for nothing")
     await expect_code(
-        stub.Tokenize(tokenizer_pb2.TokenizeRequest(config=transcript_only, audio=audio_pb2.Audio(content=b"garbage bytes"))),
+        stub.Tokenize(
+            tokenizer_pb2.TokenizeRequest(config=transcript_only, audio=audio_pb2.Audio(content=b"garbage bytes"))
+        ),
         code,
         "not a WAV",
     )
@@ -124,7 +132,9 @@ async def test_tokens_from_an_engine_without_them_is_failed_precondition() -> No
         async with grpc.aio.insecure_channel(address) as channel:
             stub = tokenizer_pb2_grpc.TokenizerServiceStub(channel)
             config = tokenizer_pb2.TokenizeConfig(format=PCM16_16K, emit_tokens=True)
-            await expect_code(stub.StreamingTokenize(stream_requests(config, [pcm(0.1)])), grpc.StatusCode.FAILED_PRECONDITION)
+            await expect_code(
+                stub.StreamingTokenize(stream_requests(config, [pcm(0.1)])), grpc.StatusCode.FAILED_PRECONDITION
+            )
             info = await stub.GetEngineInfo(tokenizer_pb2.GetEngineInfoRequest())
             assert not info.supports_tokens and info.supports_transcript
 
@@ -153,7 +163,9 @@ async def test_generate_streams_deltas_then_summary_with_defaults_applied(chat) 
     text = "".join(r.text_delta for r in responses[:-1])
     assert text == engine.reply
     summary = responses[-1].summary
-    assert summary.finish_reason == chat_pb2.FINISH_REASON_STOP and summary.completion_tokens == len(engine.reply.split())
+    assert summary.finish_reason == chat_pb2.FINISH_REASON_STOP and summary.completion_tokens == len(
+        engine.reply.split()
+    )
     assert 0 < summary.time_to_first_token_seconds <= summary.total_seconds
     messages, sampling = engine.requests[0]
     assert sampling.top_k == 5 and sampling.temperature == pytest.approx(0.7)  # request value + engine default
@@ -170,9 +182,15 @@ async def test_generate_streams_deltas_then_summary_with_defaults_applied(chat) 
         (chat_pb2.GenerateRequest(messages=[chat_pb2.ChatMessage(text="x")]), "role is not set"),
         (chat_pb2.GenerateRequest(messages=[user("   ")]), "is empty"),
         (chat_pb2.GenerateRequest(messages=[user("x" * 101)]), "limit is 100"),
-        (chat_pb2.GenerateRequest(messages=[user("x")], sampling=speech_pb2.SamplingParams(temperature=3)), "temperature 3"),
+        (
+            chat_pb2.GenerateRequest(messages=[user("x")], sampling=speech_pb2.SamplingParams(temperature=3)),
+            "temperature 3",
+        ),
         (chat_pb2.GenerateRequest(messages=[user("x")], sampling=speech_pb2.SamplingParams(top_p=0)), "top_p 0"),
-        (chat_pb2.GenerateRequest(messages=[user("x")], sampling=speech_pb2.SamplingParams(max_tokens=0)), "max_tokens"),
+        (
+            chat_pb2.GenerateRequest(messages=[user("x")], sampling=speech_pb2.SamplingParams(max_tokens=0)),
+            "max_tokens",
+        ),
     ],
 )
 async def test_generate_rejects_bad_requests(chat, request_, text: str) -> None:
@@ -218,7 +236,10 @@ async def tts():
 async def test_synthesize_chunks_resamples_and_applies_volume(tts) -> None:
     stub, engine, _ = tts
     request = tts_pb2.SynthesizeRequest(
-        text="hello world " * 4, voice_id="fake-en", sample_rate_hz=8000, controls=speech_pb2.VoiceControls(volume=0.5, speed=2.0)
+        text="hello world " * 4,
+        voice_id="fake-en",
+        sample_rate_hz=8000,
+        controls=speech_pb2.VoiceControls(volume=0.5, speed=2.0),
     )
     chunks = [r.audio async for r in stub.Synthesize(request)]
     assert [c.sequence_number for c in chunks] == list(range(len(chunks)))

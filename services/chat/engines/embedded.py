@@ -35,7 +35,9 @@ def resolve_model_path(settings: ChatSettings) -> Path:
     try:
         model = PACKAGED_CHAT_MODELS[settings.embedded_model]
     except KeyError:
-        raise SystemExit(f"unknown embedded model {settings.embedded_model!r}; choose one of {sorted(PACKAGED_CHAT_MODELS)}") from None
+        raise SystemExit(
+            f"unknown embedded model {settings.embedded_model!r}; choose one of {sorted(PACKAGED_CHAT_MODELS)}"
+        ) from None
     directory = ensure_model(model, Path(settings.models_cache_dir) / model.name)
     return directory / model.files[0].name
 

