@@ -12,7 +12,7 @@ import pytest
 from services.common.server import ServiceDefinition, build_server, set_serving
 from services.common.settings import ServiceSettings
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "step-audio"
+from tools.cluster import shared_data_dir
 
 
 @asynccontextmanager
@@ -35,6 +35,7 @@ async def serving(
 
 @pytest.fixture
 def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"the shared recordings are missing at {SHARED_DATA}")
-    return SHARED_DATA
+    directory = shared_data_dir()
+    if not directory.is_dir():
+        pytest.fail(f"the Step-Audio recordings are missing at {directory}: set STEPAUDIO_SHARED_DATA")
+    return directory

@@ -23,6 +23,17 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """The Step-Audio recordings: $STEPAUDIO_SHARED_DATA, else ../shared beside the checkout."""
+    for candidate in (os.environ.get("STEPAUDIO_SHARED_DATA"), ROOT.parent / "shared" / "data" / "step-audio",
+                      "/work/shared/data/step-audio"):  # fmt: skip
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return ROOT.parent / "shared" / "data" / "step-audio"
+
+
 STAGES = ("tokenizer", "chat", "tts")
 DEFAULT_PORTS = {"gateway": (50051, 9091), "tokenizer": (50052, 9092), "chat": (50053, 9093), "tts": (50054, 9094)}
 

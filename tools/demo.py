@@ -14,10 +14,10 @@ from stepaudio.common.v1 import speech_pb2
 from stepaudio_client.cli import write_wav
 from stepaudio_client.client import GatewayClient, TurnResult, pcm16_audio, wav_audio
 
-from tools.cluster import ROOT, LocalCluster
+from tools.cluster import ROOT, LocalCluster, shared_data_dir
 from tools.speech_check import character_error_rate, speakable_reference
 
-RECORDING = ROOT.parent / "shared" / "data" / "step-audio" / "Tingting_prompt.wav"
+RECORDING = shared_data_dir() / "Tingting_prompt.wav"
 ENGLISH_QUESTION = "What is the tallest mountain in the world?"
 CHINESE_QUESTION = "请用一句话介绍一下长城。"
 MAX_CER = 0.35
