@@ -11,7 +11,6 @@ import pytest
 
 from services.common.server import ServiceDefinition, build_server, set_serving
 from services.common.settings import ServiceSettings
-
 from tools.cluster import shared_data_dir
 
 
