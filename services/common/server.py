@@ -36,7 +36,8 @@ RPC_SECONDS = Histogram(
 
 
 class _RpcScope:
-    """Per-call bookkeeping shared by the four handler shapes."""
+    """Per-call bookkeeping shared by the four handler shapes (an async context manager around
+    the handler): request id, in-flight gauge, status mapping, counters, duration."""
 
     def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
         self.method = method
@@ -46,34 +47,42 @@ class _RpcScope:
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
 
-    async def begin(self) -> None:
+    async def __aenter__(self) -> _RpcScope:
         RPC_IN_FLIGHT.labels(self.method).inc()
         request_id_var.set(self.request_id)
-        await self.context.send_initial_metadata(((REQUEST_ID_HEADER, self.request_id),))
+        try:
+            await self.context.send_initial_metadata(((REQUEST_ID_HEADER, self.request_id),))
+        except BaseException:
+            self._end()
+            raise
+        return self
 
-    async def fail(self, error: BaseException) -> None:
+    async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> bool:
+        try:
+            if isinstance(error, asyncio.CancelledError):
+                self.code = grpc.StatusCode.CANCELLED
+            elif isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
+                await self._fail(error)  # aborts the RPC with the mapped status (raises AbortError)
+        finally:
+            self._end()
+        return False
+
+    async def _fail(self, error: Exception) -> None:
         code, message = status_for(error)
         self.code = code
         if code == grpc.StatusCode.INTERNAL:
-            log.exception("rpc failed", extra={"method": self.method})
+            log.error("rpc failed", extra={"method": self.method}, exc_info=error)
         else:
             log.info("rpc rejected", extra={"method": self.method, "code": code.name, "detail": message})
         await self.context.abort(code, message)
 
-    def end(self, cancelled: bool = False) -> None:
-        if cancelled:
-            self.code = grpc.StatusCode.CANCELLED
-        else:
-            code = self.context.code()
-            if isinstance(code, grpc.StatusCode) and self.code == grpc.StatusCode.OK:
-                self.code = code
+    def _end(self) -> None:
+        code = self.context.code()
+        if isinstance(code, grpc.StatusCode) and self.code == grpc.StatusCode.OK:
+            self.code = code
         RPC_IN_FLIGHT.labels(self.method).dec()
         RPC_HANDLED.labels(self.method, self.code.name).inc()
         RPC_SECONDS.labels(self.method).observe(time.perf_counter() - self.started)
-
-
-def _is_abort(error: BaseException) -> bool:
-    return isinstance(error, grpc.aio.AbortError)
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
@@ -108,41 +117,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
 
 def _unary(behaviour: Callable, method: str) -> Callable:
     async def wrapped(request: object, context: grpc.aio.ServicerContext) -> object:
-        scope = _RpcScope(method, context)
-        cancelled = False
-        try:
-            await scope.begin()
+        async with _RpcScope(method, context):
             return await behaviour(request, context)
-        except asyncio.CancelledError:
-            cancelled = True
-            raise
-        except Exception as error:
-            if _is_abort(error):
-                raise
-            await scope.fail(error)
-        finally:
-            scope.end(cancelled)
 
     return wrapped
 
 
 def _streaming(behaviour: Callable, method: str) -> Callable:
     async def wrapped(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
-        scope = _RpcScope(method, context)
-        cancelled = False
-        try:
-            await scope.begin()
+        async with _RpcScope(method, context):
             async for response in behaviour(request, context):
                 yield response
-        except asyncio.CancelledError:
-            cancelled = True
-            raise
-        except Exception as error:
-            if _is_abort(error):
-                raise
-            await scope.fail(error)
-        finally:
-            scope.end(cancelled)
 
     return wrapped
 
