@@ -75,6 +75,7 @@ status:
 	$(PY) -m tools.cluster status
 
 bench: $(STAMP)
+	$(PY) -m tools.bench_voices
 	$(PY) -m tools.bench
 
 clean:
