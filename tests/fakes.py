@@ -24,19 +24,27 @@ from services.tts.engine import PcmChunk, TtsEngine, VoiceInfo
 
 
 class FakeTokenizerStream(TokenizerStream):
-    """Reports the amount of audio it heard: transcript "heard N samples"; 5 tokens per 0.12 s."""
+    """Non-zero samples are speech, an all-zero chunk after speech is an endpoint. Each utterance's
+    transcript is "heard N samples" (N = its length); 5 tokens per 0.12 s of audio."""
 
     def __init__(self, engine: FakeTokenizerEngine, options: StreamOptions) -> None:
         self.engine = engine
         self.options = options
         self.samples = 0
-        self.started = False
+        self.utterance = 0
+        self.in_speech = False
 
     def feed(self, samples: np.ndarray) -> list[TokenizerEvent]:
         events: list[TokenizerEvent] = []
-        if not self.started and len(samples):
-            self.started = True
-            events.append(SpeechEvent(True, 0.0))
+        if not len(samples):
+            return events
+        if np.any(samples):
+            if not self.in_speech:
+                self.in_speech = True
+                events.append(SpeechEvent(True, self.samples / 16000))
+            self.utterance += len(samples)
+        elif self.in_speech:
+            events += self._endpoint()
         before = self.samples // 1920
         self.samples += len(samples)
         if self.options.emit_tokens:
@@ -45,11 +53,16 @@ class FakeTokenizerStream(TokenizerStream):
                 events.append(TokensEvent(ids, group * 0.12, (group + 1) * 0.12))
         return events
 
-    def finish(self) -> list[TokenizerEvent]:
+    def _endpoint(self) -> list[TokenizerEvent]:
         events: list[TokenizerEvent] = [SpeechEvent(False, self.samples / 16000)]
         if self.options.emit_transcript:
-            events.append(TranscriptEvent(f"heard {self.samples} samples", "en", 0.0, self.samples / 16000))
+            events.append(TranscriptEvent(f"heard {self.utterance} samples", "en", 0.0, self.samples / 16000))
+        self.in_speech = False
+        self.utterance = 0
         return events
+
+    def finish(self) -> list[TokenizerEvent]:
+        return self._endpoint() if self.in_speech else []
 
     def close(self) -> None:
         self.engine.closed_streams += 1

@@ -12,9 +12,12 @@ Needs the tokenizer environment (torch, funasr) and the ``onnx`` package (dev-st
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,9 +146,10 @@ def _write_paraformer(folder: Path, seed: int) -> None:
     (folder / "am.mvn").write_text(_am_mvn(rng))
     # Build the model through funasr from this config (no model.pt yet: random init), then save it.
     torch.manual_seed(seed)
-    auto = auto_model_class()(
-        model=str(folder), disable_update=True, device="cpu", ncpu=1, log_level="ERROR", init_param=None
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # funasr's version banner
+        auto = auto_model_class()(
+            model=str(folder), disable_update=True, device="cpu", ncpu=1, log_level="ERROR", init_param=None
+        )
     torch.save(auto.model.state_dict(), folder / "model.pt")
 
 
@@ -174,6 +178,14 @@ def _write_vq06_onnx(path: Path, seed: int) -> None:
     torch.manual_seed(seed)
     model = TinyS3().eval()
     example = (torch.zeros(1, 128, 40), torch.tensor([40], dtype=torch.int32))
+    with warnings.catch_warnings():  # the legacy exporter's shape-inference chatter
+        warnings.simplefilter("ignore")
+        _export(model, example, path)
+
+
+def _export(model: object, example: tuple[object, ...], path: Path) -> None:
+    import torch
+
     torch.onnx.export(
         model,
         example,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -11,7 +13,10 @@ from services.common.settings import ServiceSettings
 class TokenizerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="TOKENIZER_")
 
-    engine: str = Field("embedded", description="Engine to load: 'embedded' (whisper-base ASR + Silero VAD).")
+    engine: str = Field(
+        "embedded",
+        description="Engine to load: 'embedded' (whisper-base ASR + Silero VAD) or 'step-audio' (audio tokens).",
+    )
     models_cache_dir: str = Field(
         ".models", description="Directory where models carried by pip packages are assembled on first start."
     )
@@ -23,3 +28,19 @@ class TokenizerSettings(ServiceSettings):
         600, ge=100, description="Silence that ends an utterance (an endpoint), in milliseconds."
     )
     vad_padding_ms: int = Field(200, ge=0, description="Audio kept before/after speech for ASR, in milliseconds.")
+    models_dir: str = Field(
+        "models", description="step-audio: directory that holds Step-Audio-Tokenizer/ (checked before loading)."
+    )
+    onnx_provider: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="step-audio: onnxruntime provider of the vq06 model; auto uses CUDA when present."
+    )
+    trim_silence: bool = Field(
+        False, description="step-audio: trim leading/trailing silence (tokens then come only at the end)."
+    )
+    vq06_window_seconds: float = Field(
+        30.0,
+        ge=0.48,
+        le=30.0,
+        description="step-audio: vq06 runs on fixed windows of this length from the stream start (rounded to 40 ms).",
+    )
+    max_streams: int = Field(16, ge=1, description="step-audio: streams open at once; more get RESOURCE_EXHAUSTED.")

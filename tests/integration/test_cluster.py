@@ -4,6 +4,7 @@ the health test at the end."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import soundfile
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
 from stepaudio.common.v1 import audio_pb2, speech_pb2
+from stepaudio.gateway.v1 import gateway_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
 from stepaudio_client.client import GatewayClient, pcm16_audio, wav_audio
@@ -267,3 +269,51 @@ def test_health_goes_not_serving_on_sigterm_and_the_process_exits_cleanly(tmp_pa
         assert [entry["msg"] for entry in logs][-2:] == ["shutting down", "stopped"]
     finally:
         process.kill()
+
+
+async def _microphone(pcm: bytes, rate: int, gap_seconds: float, queue: asyncio.Queue) -> None:
+    """Feed ``pcm`` in 20 ms pieces (4× faster than real time), then silence, into ``queue``."""
+    piece = int(rate * 0.02) * 2
+    for start in range(0, len(pcm), piece):
+        await queue.put(gateway_pb2.StreamingChatRequest(audio_content=pcm[start : start + piece]))
+        await asyncio.sleep(0.005)
+    await queue.put(gateway_pb2.StreamingChatRequest(audio_content=bytes(int(rate * gap_seconds) * 2)))
+
+
+async def test_streaming_chat_answers_an_utterance_and_handles_barge_in(
+    cluster: LocalCluster, shared_data: Path
+) -> None:
+    samples, rate = soundfile.read(shared_data / "Tingting_prompt.wav", dtype="int16")
+    pcm = samples.tobytes()
+    queue: asyncio.Queue = asyncio.Queue()
+    config = gateway_pb2.StreamingChatConfig(
+        input_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=rate),
+        sampling=speech_pb2.SamplingParams(temperature=0.0, max_tokens=200),
+    )
+    await queue.put(gateway_pb2.StreamingChatRequest(config=config))
+
+    async def requests():
+        while (request := await queue.get()) is not None:
+            yield request
+
+    async with GatewayClient(cluster.gateway_address) as client:
+        call = client.stub.StreamingChat(requests(), timeout=240)
+        await _microphone(pcm, rate, 1.0, queue)
+        events = []
+        async with asyncio.timeout(120):
+            while (event := await call.read()) is not grpc.aio.EOF:
+                events.append(event)
+                if event.HasField("audio"):
+                    break
+        transcript = next(e.user_transcript.text for e in events if e.HasField("user_transcript"))
+        assert character_error_rate(MANIFEST_TEXT, transcript) < 0.25
+        await _microphone(pcm, rate, 1.0, queue)  # the user speaks again over the reply
+        await queue.put(None)
+        async with asyncio.timeout(120):
+            while (event := await call.read()) is not grpc.aio.EOF:
+                events.append(event)
+    kinds = [event.WhichOneof("event") for event in events]
+    assert "interrupted" in kinds, kinds
+    assert kinds[-1] == "summary" and kinds.count("user_transcript") == 2
+    interrupted = next(e.interrupted for e in events if e.HasField("interrupted"))
+    assert interrupted.sent_audio_seconds > 0

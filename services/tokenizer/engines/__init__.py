@@ -14,7 +14,17 @@ def _embedded(settings: TokenizerSettings) -> TokenizerEngine:
     return EmbeddedTokenizerEngine.load(settings)
 
 
-ENGINES: dict[str, Callable[[TokenizerSettings], TokenizerEngine]] = {"embedded": _embedded}
+def _step_audio(settings: TokenizerSettings) -> TokenizerEngine:
+    from services.tokenizer.engines.step_audio.engine import StepAudioTokenizerEngine
+    from services.tokenizer.engines.step_audio.layout import ModelsDirError
+
+    try:
+        return StepAudioTokenizerEngine.load(settings)
+    except ModelsDirError as error:  # refuse to start, naming every missing or malformed file
+        raise SystemExit(str(error)) from None
+
+
+ENGINES: dict[str, Callable[[TokenizerSettings], TokenizerEngine]] = {"embedded": _embedded, "step-audio": _step_audio}
 
 
 def create_engine(settings: TokenizerSettings) -> TokenizerEngine:

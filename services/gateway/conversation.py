@@ -1,0 +1,150 @@
+"""StreamingChat: a real-time voice conversation over one bidirectional stream.
+
+Microphone audio goes to the tokenizer's streaming VAD + recognition; each utterance's final
+transcript starts a reply (the same pipeline as Chat). Speech while a reply is playing cancels
+it (barge-in); the history then keeps only the clauses the listener heard: by the client's
+playback reports when it sends them, else by what had been sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from stepaudio.common.v1 import speech_pb2
+from stepaudio.gateway.v1 import gateway_pb2
+from stepaudio.tokenizer.v1 import tokenizer_pb2
+
+from services.common.errors import InvalidArgument
+from services.gateway.sessions import Session, SessionStore, Turn
+from services.gateway.turns import DONE, ReplyOptions, TurnRunner, TurnState, finish_into
+
+
+class Conversation:
+    def __init__(
+        self,
+        turns: TurnRunner,
+        sessions: SessionStore,
+        config: gateway_pb2.StreamingChatConfig,
+        options: ReplyOptions,
+        session: Session | None,
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        self._turns = turns
+        self._sessions = sessions
+        self._config = config
+        self._options = options
+        self._persistent = session is not None
+        self._session = session or Session(session_id="", system_prompt=config.system_prompt)
+        self._context = context
+        self._events: asyncio.Queue[object] = asyncio.Queue()
+        self._reply_task: asyncio.Task | None = None
+        self._speech_ended_at = 0.0
+        self._played_seconds: float | None = None  # None: the client sends no playback reports
+
+    async def run(
+        self, requests: AsyncIterator[gateway_pb2.StreamingChatRequest]
+    ) -> AsyncIterator[gateway_pb2.StreamingChatResponse]:
+        driver = asyncio.create_task(finish_into(self._events, lambda: self._drive(requests)))
+        try:
+            while (event := await self._events.get()) is not DONE:
+                if isinstance(event, BaseException):
+                    raise event
+                yield event  # type: ignore[misc]
+        finally:
+            for task in (driver, self._reply_task):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (driver, self._reply_task) if t), return_exceptions=True)
+
+    def _emit(self, **event: object) -> None:
+        self._events.put_nowait(gateway_pb2.StreamingChatResponse(**event))
+
+    async def _drive(self, requests: AsyncIterator[gateway_pb2.StreamingChatRequest]) -> None:
+        call = self._turns.stages.tokenizer.StreamingTokenize(
+            self._tokenizer_requests(requests),
+            timeout=self._turns.timeout(self._context),
+            metadata=self._turns.metadata(),
+        )
+        async for response in call:
+            kind = response.WhichOneof("result")
+            if kind == "speech_event":
+                started = response.speech_event.type == tokenizer_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED
+                self._emit(
+                    user_speech=gateway_pb2.UserSpeech(
+                        started=started, offset_seconds=response.speech_event.offset_seconds
+                    )
+                )
+                if started:
+                    await self._barge_in()
+                else:
+                    self._speech_ended_at = time.perf_counter()
+            elif kind == "transcript" and response.transcript.is_final and response.transcript.text.strip():
+                await self._finish_reply()
+                self._reply_task = asyncio.create_task(self._reply(response.transcript))
+                self._reply_task.add_done_callback(self._report_failure)
+        await self._finish_reply()
+
+    async def _tokenizer_requests(
+        self, requests: AsyncIterator[gateway_pb2.StreamingChatRequest]
+    ) -> AsyncIterator[tokenizer_pb2.StreamingTokenizeRequest]:
+        yield tokenizer_pb2.StreamingTokenizeRequest(
+            config=tokenizer_pb2.TokenizeConfig(
+                format=self._config.input_format, emit_transcript=True, language=self._config.language
+            )
+        )
+        async for message in requests:
+            kind = message.WhichOneof("request")
+            if kind == "audio_content":
+                yield tokenizer_pb2.StreamingTokenizeRequest(audio_content=message.audio_content)
+            elif kind == "playback":
+                self._played_seconds = message.playback.played_seconds
+            else:
+                self._events.put_nowait(InvalidArgument("a stream takes one config, first; then audio or playback"))
+                return
+
+    def _report_failure(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._events.put_nowait(task.exception())
+
+    async def _finish_reply(self) -> None:
+        """Replies are sequential: wait for the one in flight (barge-in disabled, or stream end)."""
+        if self._reply_task is not None:
+            await asyncio.gather(self._reply_task, return_exceptions=True)
+
+    async def _barge_in(self) -> None:
+        task = self._reply_task
+        if task is None or task.done() or self._config.disable_barge_in:
+            return
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def _reply(self, transcript: speech_pb2.Transcript) -> None:
+        state = TurnState(started=self._speech_ended_at or time.perf_counter())
+        self._played_seconds = None if self._played_seconds is None else 0.0
+        self._emit(user_transcript=transcript)
+        user_text = transcript.text.strip()
+        messages = self._turns.prompt(self._session, self._config.system_prompt, user_text)
+        try:
+            async for event in self._turns.reply(messages, self._options, state, self._context):
+                kind = event.WhichOneof("event")
+                self._emit(**{kind: getattr(event, kind)})
+        except asyncio.CancelledError:
+            heard = state.audio_seconds if self._played_seconds is None else self._played_seconds
+            kept = state.text_played_by(heard)
+            self._emit(interrupted=gateway_pb2.ReplyInterrupted(kept_text=kept, sent_audio_seconds=state.audio_seconds))
+            await self._remember(user_text, kept)
+            raise
+        await self._remember(user_text, state.reply_text)
+        self._emit(summary=self._turns.summary(state, user_text, self._session.session_id))
+
+    async def _remember(self, user_text: str, reply_text: str) -> None:
+        turns = [Turn("user", user_text)] + ([Turn("assistant", reply_text)] if reply_text else [])
+        self._session.history += turns
+        if self._persistent:
+            async with self._sessions.lock(self._session.session_id):
+                stored = await self._sessions.get(self._session.session_id)
+                stored.history += turns
+                await self._sessions.save(stored)

@@ -1,0 +1,259 @@
+"""The core of a conversational turn, shared by Chat and StreamingChat: prompt building, the
+clause pipeline (chat → clauses → tts, overlapped), stage calls with deadlines, and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+from stepaudio.chat.v1 import chat_pb2
+from stepaudio.common.v1 import audio_pb2, speech_pb2
+from stepaudio.gateway.v1 import gateway_pb2
+from stepaudio.tokenizer.v1 import tokenizer_pb2
+from stepaudio.tts.v1 import tts_pb2
+
+from services.common.errors import NotFound
+from services.common.logs import request_id_var
+from services.gateway import metrics
+from services.gateway.clauses import ClauseSplitter, looks_chinese
+from services.gateway.sessions import Session
+from services.gateway.settings import GatewaySettings
+from services.gateway.stages import Stages
+
+DONE = object()  # end-of-producer marker on an event queue
+
+
+@dataclass(frozen=True)
+class ReplyOptions:
+    """How to reply: the request fields that shape a reply, whatever RPC carried them."""
+
+    voice_id: str = ""
+    controls: speech_pb2.VoiceControls = field(default_factory=speech_pb2.VoiceControls)
+    sampling: speech_pb2.SamplingParams = field(default_factory=speech_pb2.SamplingParams)
+    sample_rate_hz: int = 0
+    text_only: bool = False
+
+
+@dataclass
+class TurnState:
+    """What a turn has produced so far; ``started`` is the end of the user's input."""
+
+    started: float
+    reply_text: str = ""
+    transcribe_seconds: float = 0.0
+    first_text: float = 0.0
+    first_audio: float = 0.0
+    last_audio: float = 0.0
+    audio_samples: int = 0
+    sample_rate_hz: int = 0
+    chunks: int = 0
+    summary: chat_pb2.GenerateSummary | None = None
+    spoken_clauses: list[tuple[str, float]] = field(default_factory=list)  # (clause, audio end in s)
+
+    def since_start(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.audio_samples / self.sample_rate_hz if self.sample_rate_hz else 0.0
+
+    def text_played_by(self, seconds: float) -> str:
+        """The reply text whose audio ended by ``seconds`` (what a listener has heard)."""
+        return "".join(clause for clause, end in self.spoken_clauses if end <= seconds + 1e-6)
+
+
+@dataclass
+class _ClauseSpoken:
+    clause: str
+
+
+class TurnRunner:
+    def __init__(self, stages: Stages, settings: GatewaySettings) -> None:
+        self.stages = stages
+        self._settings = settings
+
+    def timeout(self, context: grpc.aio.ServicerContext) -> float:
+        remaining = context.time_remaining()
+        return self._settings.stage_timeout_seconds if remaining is None else max(remaining, 0.001)
+
+    @staticmethod
+    def metadata() -> tuple[tuple[str, str], ...]:
+        return (("x-request-id", request_id_var.get()),)
+
+    async def check_voice(self, voice_id: str, context: grpc.aio.ServicerContext) -> None:
+        if not voice_id:
+            return
+        voices = await self.stages.tts.ListVoices(tts_pb2.ListVoicesRequest(), timeout=self.timeout(context))
+        known = [voice.voice_id for voice in voices.voices]
+        if voice_id not in known:
+            raise NotFound(f"unknown voice {voice_id!r}; available voices: {', '.join(known)}")
+
+    def prompt(self, session: Session | None, system_prompt: str, user_text: str) -> list[chat_pb2.ChatMessage]:
+        system = (session.system_prompt if session else system_prompt) or self._settings.default_system_prompt
+        messages = [chat_pb2.ChatMessage(role=chat_pb2.ROLE_SYSTEM, text=system)]
+        if session and self._settings.max_history_turns:
+            for turn in session.history[-2 * self._settings.max_history_turns :]:
+                if not turn.text.strip():
+                    continue
+                role = chat_pb2.ROLE_USER if turn.speaker == "user" else chat_pb2.ROLE_ASSISTANT
+                messages.append(chat_pb2.ChatMessage(role=role, text=turn.text))
+        messages.append(chat_pb2.ChatMessage(role=chat_pb2.ROLE_USER, text=user_text))
+        return messages
+
+    async def reply(
+        self,
+        messages: list[chat_pb2.ChatMessage],
+        options: ReplyOptions,
+        state: TurnState,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[gateway_pb2.ChatResponse]:
+        """Chat deltas are cut into clauses that TTS synthesises while the LLM keeps writing;
+        both producers feed one queue, which is the order events reach the client. Cancelling
+        the consumer cancels both producers and so the stage calls."""
+        events: asyncio.Queue[object] = asyncio.Queue()
+        clauses: asyncio.Queue[str | None] = asyncio.Queue()
+        splitter = ClauseSplitter(self._settings.first_clause_min_chars, self._settings.clause_min_chars)
+
+        async def write_text() -> None:
+            call_started = time.perf_counter()
+            call = self.stages.chat.Generate(
+                chat_pb2.GenerateRequest(messages=messages, sampling=options.sampling),
+                timeout=self.timeout(context),
+                metadata=self.metadata(),
+            )
+            async for response in call:
+                if response.HasField("summary"):
+                    state.summary = response.summary
+                    continue
+                if not state.first_text:
+                    state.first_text = state.since_start()
+                    metrics.CHAT_TIME_TO_FIRST_TOKEN.observe(time.perf_counter() - call_started)
+                state.reply_text += response.text_delta
+                await events.put(gateway_pb2.ChatResponse(reply_text_delta=response.text_delta))
+                for clause in splitter.push(response.text_delta):
+                    await clauses.put(clause)
+            metrics.STAGE_SECONDS.labels("chat").observe(time.perf_counter() - call_started)
+            for clause in splitter.flush():
+                await clauses.put(clause)
+            await clauses.put(None)
+
+        async def speak() -> None:
+            voice = options.voice_id
+            while (clause := await clauses.get()) is not None:
+                if options.text_only:
+                    continue
+                if not voice:
+                    voice = self._settings.voice_zh if looks_chinese(clause) else self._settings.voice_en
+                async for chunk in self.synthesize(clause, voice, options, context):
+                    await events.put(chunk)
+                await events.put(_ClauseSpoken(clause))
+
+        tasks = [asyncio.create_task(finish_into(events, job)) for job in (write_text, speak)]
+        try:
+            finished = 0
+            while finished < len(tasks):
+                event = await events.get()
+                if event is DONE:
+                    finished += 1
+                elif isinstance(event, BaseException):
+                    raise event
+                elif isinstance(event, _ClauseSpoken):
+                    state.spoken_clauses.append((event.clause, state.audio_seconds))
+                elif isinstance(event, tts_pb2.SynthesizeResponse):
+                    yield self._number_audio(event, state)
+                else:
+                    yield event  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    @staticmethod
+    def _number_audio(response: tts_pb2.SynthesizeResponse, state: TurnState) -> gateway_pb2.ChatResponse:
+        """Renumber TTS chunks (one TTS call per clause) into one stream for the turn."""
+        chunk = response.audio
+        now = time.perf_counter()
+        if not state.first_audio:
+            state.first_audio = now - state.started
+            metrics.TIME_TO_FIRST_AUDIO.observe(state.first_audio)
+        else:
+            metrics.INTER_CHUNK_GAP.observe(now - state.last_audio)
+        state.last_audio = now
+        rate = chunk.format.sample_rate_hz
+        state.sample_rate_hz = rate
+        chunk.sequence_number = state.chunks
+        chunk.offset_seconds = state.audio_samples / rate
+        state.chunks += 1
+        state.audio_samples += len(chunk.content) // 2
+        return gateway_pb2.ChatResponse(audio=chunk)
+
+    @staticmethod
+    def summary(state: TurnState, transcript: str, session_id: str) -> gateway_pb2.TurnSummary:
+        usage = state.summary or chat_pb2.GenerateSummary()
+        return gateway_pb2.TurnSummary(
+            user_transcript=transcript,
+            reply_text=state.reply_text,
+            audio_seconds=state.audio_seconds,
+            latency=gateway_pb2.TurnLatency(
+                transcribe_seconds=state.transcribe_seconds,
+                first_text_seconds=state.first_text,
+                first_audio_seconds=state.first_audio,
+                total_seconds=state.since_start(),
+            ),
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            session_id=session_id,
+            request_id=request_id_var.get(),
+        )
+
+    async def transcribe(
+        self, audio: audio_pb2.Audio, language: str, context: grpc.aio.ServicerContext
+    ) -> speech_pb2.Transcript:
+        started = time.perf_counter()
+        response = await self.stages.tokenizer.Tokenize(
+            tokenizer_pb2.TokenizeRequest(
+                config=tokenizer_pb2.TokenizeConfig(emit_transcript=True, language=language), audio=audio
+            ),
+            timeout=self.timeout(context),
+            metadata=self.metadata(),
+        )
+        metrics.STAGE_SECONDS.labels("tokenize").observe(time.perf_counter() - started)
+        return response.transcript
+
+    async def synthesize(
+        self, text: str, voice_id: str, options: ReplyOptions, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        started = time.perf_counter()
+        call = self.stages.tts.Synthesize(
+            tts_pb2.SynthesizeRequest(
+                text=text, voice_id=voice_id, controls=options.controls, sample_rate_hz=options.sample_rate_hz
+            ),
+            timeout=self.timeout(context),
+            metadata=self.metadata(),
+        )
+        samples = 0
+        rate = 0
+        async for response in call:
+            if not samples:
+                metrics.TTS_FIRST_CHUNK.observe(time.perf_counter() - started)
+            samples += len(response.audio.content) // 2
+            rate = response.audio.format.sample_rate_hz
+            yield response
+        elapsed = time.perf_counter() - started
+        metrics.STAGE_SECONDS.labels("tts").observe(elapsed)
+        if samples and rate:
+            metrics.TTS_REAL_TIME_FACTOR.observe(elapsed / (samples / rate))
+
+
+async def finish_into(events: asyncio.Queue[object], job: Callable[[], Awaitable[None]]) -> None:
+    """Run ``job``; report its end (or its error) on the event queue."""
+    try:
+        await job()
+        await events.put(DONE)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as error:
+        await events.put(error)

@@ -1,0 +1,199 @@
+"""The ``step-audio`` tokenizer engine: 16 kHz audio in, interleaved vq02/vq06 token groups out.
+
+Streaming policy (one-shot use is ``feed(all)`` + ``finish()``, so both give identical tokens):
+
+- Energy normalisation is causal: audio is cut into 240 ms blocks from the stream start and each
+  block is scaled by 0.999 / max(peak of all audio up to the end of that block, 0.01). When the
+  loudest sample is in the first 240 ms this equals the reference's whole-clip gain; otherwise
+  earlier blocks are scaled up more than in the reference.
+- vq02: the Paraformer streaming encoder consumes the normalised blocks as they come; its state
+  (frontend, encoder look-back) makes the codes independent of how the audio was cut.
+- vq06: fixed windows of ``vq06_window_seconds`` from the stream start, each tokenized when it
+  fills; the last partial window at ``finish``. With 30 s windows this is the reference's own
+  split; shorter windows give earlier tokens but each window is encoded without context from its
+  neighbours (the reference encodes the whole clip up to 30 s in one piece).
+- Groups of 2 vq02 + 3 vq06 codes are emitted as soon as both halves exist.
+
+Memory per stream is bounded: < 240 ms of raw audio, one vq06 window, funasr's fixed-size cache,
+and at most one window's worth of codes waiting for their partners.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+
+from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.tokenizer.engine import (
+    EngineCapabilities,
+    StreamOptions,
+    TokenizerEngine,
+    TokenizerEvent,
+    TokenizerStream,
+    TokensEvent,
+)
+from services.tokenizer.engines.step_audio.interleave import GROUP_SECONDS, group_count, interleave
+from services.tokenizer.engines.step_audio.layout import require_models_dir
+from services.tokenizer.engines.step_audio.preprocess import PEAK_FLOOR, PEAK_TARGET, trim_silence
+from services.tokenizer.engines.step_audio.vq02 import STRIDE_SAMPLES, Vq02Encoder
+from services.tokenizer.engines.step_audio.vq06 import SAMPLES_PER_TOKEN, Vq06Tokenizer
+from services.tokenizer.settings import TokenizerSettings
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+NORM_BLOCK = STRIDE_SAMPLES  # 240 ms: the gain changes only at vq02 stride boundaries
+_EMPTY = np.zeros(0, dtype=np.float32)
+
+
+def window_samples(seconds: float) -> int:
+    """A vq06 window in samples, a whole number of 40 ms tokens (keeps the 25 Hz grid across windows)."""
+    return max(1, round(seconds * SAMPLE_RATE / SAMPLES_PER_TOKEN)) * SAMPLES_PER_TOKEN
+
+
+class StepAudioStream(TokenizerStream):
+    def __init__(self, engine: StepAudioTokenizerEngine) -> None:
+        self._engine = engine
+        self._vq02 = engine.vq02.new_state()
+        self._window = window_samples(engine.settings.vq06_window_seconds)
+        self._trim = engine.settings.trim_silence
+        self._raw = _EMPTY  # not yet normalised: < NORM_BLOCK samples (or everything, when trimming)
+        self._peak = 0.0
+        self._vq06_audio = _EMPTY  # normalised samples of the current vq06 window
+        self._codes02 = np.zeros(0, dtype=np.int64)  # codes not yet emitted
+        self._codes06 = np.zeros(0, dtype=np.int64)
+        self._groups = 0  # groups emitted so far
+        self._closed = False
+
+    def feed(self, samples: np.ndarray) -> list[TokenizerEvent]:
+        self._check_open()
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if not np.isfinite(samples).all():
+            raise InvalidArgument("audio contains NaN or infinite samples")
+        self._raw = np.concatenate([self._raw, samples])
+        if self._trim:
+            return []  # trimming needs the end of the audio: everything happens at finish
+        whole = len(self._raw) // NORM_BLOCK * NORM_BLOCK
+        if whole == 0:
+            return []
+        blocks, self._raw = self._raw[:whole], self._raw[whole:]
+        return self._process(self._normalise(blocks, NORM_BLOCK), final=False)
+
+    def finish(self) -> list[TokenizerEvent]:
+        self._check_open()
+        raw, self._raw = self._raw, _EMPTY
+        if self._trim:
+            raw = trim_silence(raw)
+            block = max(len(raw), 1)  # one gain for the whole clip, as the reference
+        else:
+            block = NORM_BLOCK
+        events = self._process(self._normalise(raw, block), final=True)
+        if self._groups == 0:
+            raise InvalidArgument(
+                "audio too short for one token group (2 vq02 + 3 vq06 codes): send at least 0.1 s of speech"
+            )
+        return events
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._raw = self._vq06_audio = _EMPTY
+            self._vq02 = None  # type: ignore[assignment]
+            self._engine.release_stream()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPrecondition("the tokenizer stream is closed")
+
+    def _normalise(self, raw: np.ndarray, block: int) -> np.ndarray:
+        if len(raw) == 0:
+            return _EMPTY
+        count = -(-len(raw) // block)
+        padded = np.zeros(count * block, dtype=np.float32)
+        padded[: len(raw)] = np.abs(raw)
+        peaks = np.maximum.accumulate(np.maximum(padded.reshape(count, block).max(axis=1), self._peak))
+        self._peak = float(peaks[-1])
+        gains = (PEAK_TARGET / np.maximum(peaks, PEAK_FLOOR)).astype(np.float32)
+        return raw * np.repeat(gains, block)[: len(raw)]
+
+    def _process(self, audio: np.ndarray, final: bool) -> list[TokenizerEvent]:
+        engine = self._engine
+        codes02 = engine.vq02.push(self._vq02, audio, final=final)
+        codes06: list[np.ndarray] = []
+        buffered = np.concatenate([self._vq06_audio, audio])
+        start = 0
+        while len(buffered) - start >= self._window:
+            codes06.append(engine.vq06.tokens(buffered[start : start + self._window]))
+            start += self._window
+        self._vq06_audio = buffered[start:].copy()
+        if final:
+            codes06.append(engine.vq06.tokens(self._vq06_audio))
+            self._vq06_audio = _EMPTY
+        self._codes02 = np.concatenate([self._codes02, codes02])
+        self._codes06 = np.concatenate([self._codes06, *codes06])
+        return self._emit()
+
+    def _emit(self) -> list[TokenizerEvent]:
+        groups = group_count(len(self._codes02), len(self._codes06))
+        if groups == 0:
+            return []
+        ids = interleave(self._codes02, self._codes06, groups)
+        self._codes02, self._codes06 = self._codes02[2 * groups :], self._codes06[3 * groups :]
+        first, self._groups = self._groups, self._groups + groups
+        return [TokensEvent(tuple(ids), round(first * GROUP_SECONDS, 6), round(self._groups * GROUP_SECONDS, 6))]
+
+    def state_bytes(self) -> int:
+        """Bytes of audio, codes and encoder cache this stream holds (memory-bound tests, benchmarks)."""
+        arrays = (self._raw, self._vq06_audio, self._codes02, self._codes06)
+        return sum(a.nbytes for a in arrays) + (self._engine.vq02.state_bytes(self._vq02) if self._vq02 else 0)
+
+
+class StepAudioTokenizerEngine(TokenizerEngine):
+    def __init__(self, vq02: Vq02Encoder, vq06: Vq06Tokenizer, settings: TokenizerSettings) -> None:
+        self.vq02 = vq02
+        self.vq06 = vq06
+        self.settings = settings
+        self._open = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, settings: TokenizerSettings) -> StepAudioTokenizerEngine:
+        """Check the whole directory first (ModelsDirError lists every problem), then load."""
+        paths = require_models_dir(settings.models_dir)
+        codebook = np.load(paths.codebook, allow_pickle=False)
+        vq02 = Vq02Encoder(paths.paraformer, codebook)
+        vq06 = Vq06Tokenizer(paths.vq06_onnx, settings.onnx_provider)
+        log.info("loaded Step-Audio-Tokenizer", extra={"path": str(paths.root), "providers": vq06.providers})
+        return cls(vq02, vq06, settings)
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(name="step-audio", supports_tokens=True, supports_transcript=False)
+
+    @property
+    def open_streams(self) -> int:
+        return self._open
+
+    def open_stream(self, options: StreamOptions) -> StepAudioStream:
+        if options.emit_transcript:
+            raise FailedPrecondition(
+                "the step-audio tokenizer engine produces audio tokens only, no transcript: "
+                "ask for emit_tokens alone, or run the tokenizer with TOKENIZER_ENGINE=embedded for transcripts"
+            )
+        with self._lock:
+            if self._open >= self.settings.max_streams:
+                raise ResourceExhausted(
+                    f"{self._open} tokenizer streams are open (TOKENIZER_MAX_STREAMS={self.settings.max_streams})"
+                )
+            self._open += 1
+        try:
+            return StepAudioStream(self)
+        except BaseException:
+            self.release_stream()
+            raise
+
+    def release_stream(self) -> None:
+        with self._lock:
+            self._open -= 1
