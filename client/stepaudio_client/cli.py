@@ -19,7 +19,8 @@ import wave
 from pathlib import Path
 
 import grpc
-from stepaudio.common.v1 import speech_pb2
+from stepaudio.common.v1 import audio_pb2, speech_pb2
+from stepaudio.gateway.v1 import gateway_pb2
 
 from stepaudio_client.client import DEFAULT_ADDRESS, GatewayClient, wav_audio
 
@@ -97,6 +98,72 @@ async def cmd_chat(client: GatewayClient, args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_converse(client: GatewayClient, args: argparse.Namespace) -> int:
+    """Stream each WAV file like a microphone (real-time pace, then silence); print the events."""
+    clips = []
+    for name in args.files:
+        with wave.open(name, "rb") as clip:
+            if clip.getsampwidth() != 2:
+                print(f"error: {name} is not 16-bit PCM", file=sys.stderr)
+                return 2
+            clips.append((clip.readframes(clip.getnframes()), clip.getframerate(), clip.getnchannels()))
+    if len({(rate, channels) for _, rate, channels in clips}) != 1:
+        print("error: the files must share one sample rate and channel count", file=sys.stderr)
+        return 2
+    rate, channels = clips[0][1], clips[0][2]
+    requests: asyncio.Queue[gateway_pb2.StreamingChatRequest | None] = asyncio.Queue()
+    await requests.put(
+        gateway_pb2.StreamingChatRequest(
+            config=gateway_pb2.StreamingChatConfig(
+                input_format=audio_pb2.AudioFormat(
+                    encoding=audio_pb2.AUDIO_ENCODING_PCM16, sample_rate_hz=rate, channels=channels
+                ),
+                session_id=args.session or "",
+                voice_id=args.voice or "",
+            )
+        )
+    )
+    turn_done = asyncio.Event()
+
+    async def speak() -> None:
+        piece = int(rate * 0.02) * 2 * channels
+        for pcm, _, _ in clips:
+            turn_done.clear()
+            for start in range(0, len(pcm) + int(rate * 1.2) * 2 * channels, piece):
+                chunk = pcm[start : start + piece] or bytes(piece)
+                await requests.put(gateway_pb2.StreamingChatRequest(audio_content=chunk))
+                await asyncio.sleep(0.02)
+            await turn_done.wait()
+        await requests.put(None)
+
+    async def request_stream():
+        while (request := await requests.get()) is not None:
+            yield request
+
+    speaker = asyncio.create_task(speak())
+    replies = 0
+    pcm = bytearray()
+    async for event in client.stub.StreamingChat(request_stream(), timeout=args.timeout):
+        kind = event.WhichOneof("event")
+        if kind == "user_transcript":
+            print(f"you: {event.user_transcript.text}\nassistant: ", end="", flush=True)
+        elif kind == "reply_text_delta":
+            print(event.reply_text_delta, end="", flush=True)
+        elif kind == "audio":
+            pcm += event.audio.content
+            reply_rate = event.audio.format.sample_rate_hz
+        elif kind in ("summary", "interrupted"):
+            print(" [interrupted]" if kind == "interrupted" else "")
+            replies += 1
+            if pcm and args.out:
+                write_wav(Path(f"{args.out}-{replies}.wav"), bytes(pcm), reply_rate)
+                print(f"wrote {args.out}-{replies}.wav", file=sys.stderr)
+            pcm = bytearray()
+            turn_done.set()
+    await speaker
+    return 0
+
+
 async def cmd_tts(client: GatewayClient, args: argparse.Namespace) -> int:
     pcm = bytearray()
     rate = 0
@@ -170,6 +237,13 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--voice", help="voice id (see `stepaudio voices`)")
         command.add_argument("--speed", type=float, default=0.0, help="0.5..2.0 (default 1.0)")
         command.add_argument("--volume", type=float, default=0.0, help="0.1..2.0 (default 1.0)")
+
+    converse = commands.add_parser("converse", help="a real-time voice conversation from WAV files (StreamingChat)")
+    converse.add_argument("files", nargs="+", help="16-bit WAV files, one utterance each, streamed in real time")
+    converse.add_argument("--session", help="session id")
+    converse.add_argument("--voice", help="voice id")
+    converse.add_argument("--out", help="write each reply to OUT-N.wav")
+    converse.set_defaults(run=cmd_converse)
 
     transcribe = commands.add_parser("transcribe", help="transcribe a WAV file")
     transcribe.add_argument("file")

@@ -64,6 +64,7 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
     def __init__(self, engine: TokenizerEngine, settings: TokenizerSettings) -> None:
         self._engine = engine
         self._limits = AudioLimits(max_seconds=settings.max_audio_seconds)
+        self._max_stream_seconds = settings.max_stream_seconds
 
     async def StreamingTokenize(
         self, request_iterator: AsyncIterator[tokenizer_pb2.StreamingTokenizeRequest], context: grpc.aio.ServicerContext
@@ -86,9 +87,9 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
                     raise InvalidArgument("a stream takes one config, first; later messages must carry audio")
                 samples = decode_pcm16(message.audio_content, rate, declared.channels)
                 received += len(samples)
-                if received / rate > self._limits.max_seconds:
+                if received / rate > self._max_stream_seconds:
                     raise InvalidArgument(
-                        f"stream exceeds the {self._limits.max_seconds:g} s audio limit: start a new stream"
+                        f"stream exceeds the {self._max_stream_seconds:g} s audio limit: start a new stream"
                     )
                 for event in await run_blocking(stream.feed, resampler.push(samples)):
                     yield _response(event)

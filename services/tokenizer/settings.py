@@ -20,7 +20,13 @@ class TokenizerSettings(ServiceSettings):
     models_cache_dir: str = Field(
         ".models", description="Directory where models carried by pip packages are assembled on first start."
     )
-    max_audio_seconds: float = Field(120.0, gt=0, description="Longest audio accepted per request/stream, in seconds.")
+    max_audio_seconds: float = Field(120.0, gt=0, description="Longest audio accepted by Tokenize, in seconds.")
+    max_stream_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest audio of one StreamingTokenize stream, in seconds (engines keep bounded state per "
+        "stream; a live conversation streams for its whole length).",
+    )
     asr_threads: int = Field(2, ge=1, description="CPU threads of the embedded ASR model.")
     asr_beam_size: int = Field(5, ge=1, le=10, description="Beam width of the embedded ASR decoder.")
     vad_threshold: float = Field(0.5, gt=0, lt=1, description="Speech probability above which a frame is speech.")

@@ -52,7 +52,7 @@ async def assert_serving(channel: grpc.aio.Channel) -> None:
 @pytest.fixture
 async def tokenizer():
     engine = FakeTokenizerEngine()
-    settings = TokenizerSettings(max_audio_seconds=5.0)
+    settings = TokenizerSettings(max_audio_seconds=5.0, max_stream_seconds=5.0)
     servicer = TokenizerServicer(engine, settings)
     async with serving(settings, tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server, servicer, "tok") as address:
         async with grpc.aio.insecure_channel(address) as channel:

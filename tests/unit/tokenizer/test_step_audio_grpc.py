@@ -28,7 +28,9 @@ def pcm16(samples: np.ndarray) -> bytes:
 
 @pytest.fixture
 async def step_audio(tiny_models_dir: Path):
-    settings = TokenizerSettings(models_dir=str(tiny_models_dir), max_audio_seconds=12.0, vq06_window_seconds=2.0)
+    settings = TokenizerSettings(
+        models_dir=str(tiny_models_dir), max_audio_seconds=12.0, max_stream_seconds=12.0, vq06_window_seconds=2.0
+    )
     engine = create_engine(settings.model_copy(update={"engine": "step-audio"}))
     servicer = TokenizerServicer(engine, settings)
     async with serving(settings, tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server, servicer, "tok") as address:
