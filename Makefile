@@ -79,6 +79,7 @@ status:
 	$(PY) -m tools.cluster status
 
 bench: $(STAMP)
+	$(PY) -m tools.bench_tokenizer
 	$(PY) -m tools.bench_voices
 	$(PY) -m tools.bench
 
