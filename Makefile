@@ -80,6 +80,7 @@ status:
 
 bench: $(STAMP)
 	$(PY) -m tools.bench_tokenizer
+	$(PY) -m tools.bench_decoder
 	$(PY) -m tools.bench_voices
 	$(PY) -m tools.bench
 

@@ -210,7 +210,167 @@ def write_step_audio_tokenizer(out: Path, seed: int = 0) -> Path:
     return paths.root
 
 
-WRITERS: dict[str, Callable[[Path], Path]] = {"Step-Audio-Tokenizer": write_step_audio_tokenizer}
+# --- Step-Audio-TTS-3B speech decoders (CosyVoice-300M-25Hz, -Music) ------------------------
+
+DECODER_FOLDERS = ("CosyVoice-300M-25Hz", "CosyVoice-300M-25Hz-Music")
+
+# The structure of the real hyperpyyaml file (tags included, read by the same tolerant loader),
+# with small widths. Fixed by the formats: 80 mels, 192-d x-vector, 5121 codes, 22050 Hz, hop 256.
+_DECODER_YAML = """\
+# Tiny CosyVoice-300M-25Hz (same classes and key names as the real flow.pt / hift.pt).
+__set_seed1: !apply:random.seed [1986]
+sample_rate: 22050
+spk_embed_dim: 192
+
+flow: !new:cosyvoice.flow.flow.MaskedDiffWithXvec
+    input_size: 32
+    output_size: 80
+    spk_embed_dim: !ref <spk_embed_dim>
+    output_type: 'mel'
+    vocab_size: 5121
+    input_frame_rate: {frame_rate}
+    only_mask_loss: True
+    encoder: !new:cosyvoice.transformer.encoder.ConformerEncoder
+        output_size: 32
+        attention_heads: 2
+        linear_units: 64
+        num_blocks: 2
+        dropout_rate: 0.1
+        positional_dropout_rate: 0.1
+        attention_dropout_rate: 0.1
+        normalize_before: True
+        input_layer: 'linear'
+        pos_enc_layer_type: 'rel_pos_espnet'
+        selfattention_layer_type: 'rel_selfattn'
+        input_size: 32
+        use_cnn_module: False
+        macaron_style: False
+    length_regulator: !new:cosyvoice.flow.length_regulator.InterpolateRegulator
+        channels: 80
+        sampling_ratios: [1, 1, 1, 1]
+    decoder: !new:cosyvoice.flow.flow_matching.ConditionalCFM
+        in_channels: 240
+        n_spks: 1
+        spk_emb_dim: 80
+        cfm_params: !new:omegaconf.DictConfig
+            content:
+                sigma_min: 1e-06
+                solver: 'euler'
+                t_scheduler: 'cosine'
+                training_cfg_rate: 0.2
+                inference_cfg_rate: 0.7
+                reg_loss_type: 'l1'
+        estimator: !new:cosyvoice.flow.decoder.ConditionalDecoder
+            in_channels: 320
+            out_channels: 80
+            channels: [32, 32]
+            dropout: 0.0
+            attention_head_dim: 16
+            n_blocks: 1
+            num_mid_blocks: 2
+            num_heads: 2
+            act_fn: 'gelu'
+
+hift: !new:cosyvoice.hifigan.generator.HiFTGenerator
+    in_channels: 80
+    base_channels: 32
+    nb_harmonics: 8
+    sampling_rate: !ref <sample_rate>
+    nsf_alpha: 0.1
+    nsf_sigma: 0.003
+    nsf_voiced_threshold: 10
+    upsample_rates: [8, 8]
+    upsample_kernel_sizes: [16, 16]
+    istft_params:
+        n_fft: 16
+        hop_len: 4
+    resblock_kernel_sizes: [3, 7, 11]
+    resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    source_resblock_kernel_sizes: [7, 11]
+    source_resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5]]
+    lrelu_slope: 0.1
+    audio_limit: 0.99
+    f0_predictor: !new:cosyvoice.hifigan.f0_predictor.ConvRNNF0Predictor
+        num_class: 1
+        in_channels: 80
+        cond_channels: 32
+
+feat_extractor: !name:matcha.utils.audio.mel_spectrogram
+    n_fft: 1024
+    num_mels: 80
+    sampling_rate: !ref <sample_rate>
+    hop_size: 256
+    win_size: 1024
+    fmin: 0
+    fmax: 8000
+    center: False
+"""
+
+
+def _write_campplus_onnx(path: Path, seed: int) -> None:
+    """Same signature as campplus.onnx: input "input" float32 [B, T, 80] → output[0] float32 [B, 192]
+    (a frame-wise projection, mean-pooled over time)."""
+    import torch
+
+    class TinyCampPlus(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(80, 192)
+
+        def forward(self, feats: torch.Tensor) -> torch.Tensor:
+            return torch.tanh(self.proj(feats)).mean(dim=1)
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            TinyCampPlus().eval(),
+            (torch.zeros(1, 40, 80),),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes={"input": {0: "B", 1: "T"}, "output": {0: "B"}},
+            opset_version=17,
+            dynamo=False,
+        )
+
+
+def _write_decoder_folder(folder: Path, seed: int) -> Path:
+    import torch
+
+    from services.tts.decoder.config import load_yaml as load_decoder_yaml
+    from services.tts.decoder.config import parse_config
+    from services.tts.decoder.flow import FlowModel
+    from services.tts.decoder.hift import HiftModel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "cosyvoice.yaml").write_text(_DECODER_YAML.format(frame_rate="41.666666666666664"))
+    (folder / "VERSION_Vq0206Vocoder_1202").write_text("")
+    config = parse_config(load_decoder_yaml(folder / "cosyvoice.yaml"))
+    torch.manual_seed(seed)
+    flow, hift = FlowModel(config.flow), HiftModel(config.hift)
+    with torch.no_grad():  # default init leaves the output scale tiny; make the mel speech-like
+        flow.decoder.estimator.final_proj.weight.mul_(4.0)
+        flow.decoder.estimator.final_proj.bias.fill_(-4.0)
+    torch.save(flow.state_dict(), folder / "flow.pt")
+    torch.save(hift.state_dict(), folder / "hift.pt")
+    _write_campplus_onnx(folder / "campplus.onnx", seed + 1)
+    return folder
+
+
+def write_step_audio_tts_decoders(out: Path, seed: int = 10) -> Path:
+    """``out/Step-Audio-TTS-3B/CosyVoice-300M-25Hz{,-Music}/``: cosyvoice.yaml, flow.pt, hift.pt,
+    campplus.onnx (tiny, random; the two folders differ only in their weights, as the real ones)."""
+    root = out / "Step-Audio-TTS-3B"
+    for index, name in enumerate(DECODER_FOLDERS):
+        _write_decoder_folder(root / name, seed + 10 * index)
+    return root
+
+
+WRITERS: dict[str, Callable[[Path], Path]] = {
+    "Step-Audio-Tokenizer": write_step_audio_tokenizer,
+    "Step-Audio-TTS-3B": write_step_audio_tts_decoders,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
