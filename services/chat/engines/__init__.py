@@ -14,7 +14,19 @@ def _embedded(settings: ChatSettings) -> ChatEngine:
     return EmbeddedChatEngine.load(settings)
 
 
-ENGINES: dict[str, Callable[[ChatSettings], ChatEngine]] = {"embedded": _embedded}
+def _vllm(settings: ChatSettings) -> ChatEngine:
+    # Needs .venv-vllm (tools/setup_vllm_env.sh): vLLM is not installed beside the embedded engines.
+    try:
+        from services.chat.engines.vllm_engine.engine import VllmChatEngine
+    except ImportError as error:
+        raise SystemExit(
+            f"the vllm chat engine needs vLLM ({error}); run it with .venv-vllm/bin/python (make install)"
+        ) from None
+
+    return VllmChatEngine.load(settings)
+
+
+ENGINES: dict[str, Callable[[ChatSettings], ChatEngine]] = {"embedded": _embedded, "vllm": _vllm}
 
 
 def create_engine(settings: ChatSettings) -> ChatEngine:

@@ -1,0 +1,185 @@
+"""Step-Audio-Chat on vLLM's AsyncLLM (in-process front end; engine core and GPU workers in child processes).
+
+- Prompt: built as token ids by ``services.chat.prompt`` (the reference format, BOS included, audio as ids) and sent
+  as ``TokensPrompt``: never through a chat template, so no BOS is lost and no system prompt is injected.
+- Abort: closing the reply iterator (client cancel, deadline, server shutdown) aborts the vLLM request at once.
+- Metrics: vLLM's ``vllm:*`` Prometheus metrics live in the default registry, which the service's /metrics serves;
+  ``stepaudio_chat_vllm_requests`` adds the front end's count of unfinished requests (drops at once on abort).
+- Run it from .venv-vllm (tools/setup_vllm_env.sh); never in a process that imported numba (funasr).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+from prometheus_client import Gauge
+from vllm import AsyncEngineArgs, SamplingParams
+from vllm.inputs import TokensPrompt
+from vllm.platforms import current_platform
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+
+from services.chat.engine import ChatEngine, EngineInfo, Message, Sampling, Usage
+from services.chat.engines.vllm_engine.checkpoint import CheckpointError, Step1Plan, plan_step1
+from services.chat.prompt import EOT_ID, after_special, build_prompt, reference_text
+from services.chat.settings import ChatSettings
+from services.common.errors import InvalidArgument, ResourceExhausted
+
+log = logging.getLogger(__name__)
+
+UNFINISHED = Gauge(
+    "stepaudio_chat_vllm_requests",
+    "Requests the vllm engine's front end holds (running or waiting); returns to 0 when every stream ended or "
+    "was aborted.",
+)
+SELF_CHECK = [
+    Message("system", "You are a helpful assistant."),
+    Message("user", "hello, what is the weather today?"),
+    Message("assistant", "It is sunny."),
+    Message("user", "你好\n  thank you"),
+]
+
+
+def attention_backend(settings: ChatSettings) -> str | None:
+    """TRITON_ATTN on GPU: the only vLLM backend that implements Step1's sqrt-ALiBi (the CUDA default would be
+    FLASH_ATTN or FLASHINFER, which refuse it). On CPU the platform's own backend (CPU_ATTN)."""
+    if settings.vllm_attention_backend != "auto":
+        return settings.vllm_attention_backend
+    return None if current_platform.is_cpu() else "TRITON_ATTN"
+
+
+def engine_args(settings: ChatSettings, plan: Step1Plan) -> AsyncEngineArgs:
+    backend = attention_backend(settings)
+    return AsyncEngineArgs(
+        model=str(plan.path),
+        tokenizer=str(plan.path),
+        served_model_name=settings.vllm_model,
+        trust_remote_code=True,  # Step1's config class lives in the checkpoint (configuration_step1.py)
+        dtype=settings.vllm_dtype,
+        tensor_parallel_size=settings.vllm_tensor_parallel_size,
+        pipeline_parallel_size=settings.vllm_pipeline_parallel_size,
+        # One process is enough for one GPU; with several, 'mp' on one node or 'ray' across nodes.
+        distributed_executor_backend=settings.vllm_distributed_executor_backend if plan.world_size > 1 else None,
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        max_model_len=plan.max_model_len,
+        max_num_seqs=settings.vllm_max_num_seqs,
+        enforce_eager=settings.vllm_enforce_eager,
+        hf_overrides=plan.hf_overrides or None,
+        attention_backend=backend,
+        disable_log_stats=False,  # keeps the vllm:* Prometheus metrics
+        enable_log_requests=False,
+    )
+
+
+class VllmChatEngine(ChatEngine):
+    def __init__(self, llm: AsyncLLM, plan: Step1Plan, settings: ChatSettings) -> None:
+        self._llm = llm
+        self._settings = settings
+        self._max_model_len = plan.max_model_len
+        tokenizer = llm.get_tokenizer()
+        self._encode_with_specials = lambda text: tokenizer.encode(text, add_special_tokens=False)
+        self._encode_reference = lambda text: tokenizer.encode(text, add_special_tokens=True)
+        self._encode = after_special(self._encode_with_specials)
+        self._in_flight = 0
+        self._info = EngineInfo(
+            name="vllm",
+            model=settings.vllm_model,
+            supports_audio_tokens=True,
+            max_context_tokens=plan.max_model_len,
+            default_sampling=Sampling(
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                top_k=settings.top_k,
+                max_tokens=settings.vllm_max_tokens,
+                repetition_penalty=settings.vllm_repetition_penalty,
+            ),
+        )
+        UNFINISHED.set_function(llm.output_processor.get_num_unfinished_requests)
+
+    @classmethod
+    def load(cls, settings: ChatSettings) -> VllmChatEngine:
+        try:
+            plan = plan_step1(settings)
+        except CheckpointError as error:
+            raise SystemExit(f"vllm chat engine: {error}") from None
+        for note in plan.notes:
+            log.info("vllm checkpoint check", extra={"detail": note})
+        if os.environ.get("STEPAUDIO_CPU_STEP1_PLAIN_ALIBI") == "1":
+            log.warning("STEPAUDIO_CPU_STEP1_PLAIN_ALIBI=1: on CPU Step1 runs with PLAIN ALiBi (a test double)")
+        llm = AsyncLLM.from_engine_args(engine_args(settings, plan))
+        engine = cls(llm, plan, settings)
+        try:
+            engine.check_prompt_format()
+        except Exception:
+            llm.shutdown()
+            raise
+        log.info("vllm engine ready", extra={"path": str(plan.path), "max_model_len": plan.max_model_len})
+        return engine
+
+    def check_prompt_format(self) -> None:
+        """The ids built piece by piece must equal the reference's whole-string encoding with this tokenizer."""
+        built = build_prompt(SELF_CHECK, self._encode)
+        reference = list(self._encode_reference(reference_text(SELF_CHECK)))
+        if built != reference:
+            raise SystemExit(
+                "vllm chat engine: this tokenizer encodes the reference prompt differently from the prompt builder "
+                f"(built {built[:24]}…, reference {reference[:24]}…); see docs/chat.md"
+            )
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def generate(self, messages: list[Message], sampling: Sampling, usage: Usage) -> AsyncIterator[str]:
+        prompt = build_prompt(messages, self._encode)
+        usage.prompt_tokens = len(prompt)
+        budget = self._max_model_len - len(prompt)
+        if budget < 1:
+            raise InvalidArgument(
+                f"the conversation is {len(prompt)} tokens; the model holds {self._max_model_len} tokens "
+                "(prompt + reply): shorten it or start a new session"
+            )
+        limit = self._settings.vllm_max_num_seqs + self._settings.max_queue
+        if self._in_flight >= limit:
+            raise ResourceExhausted(f"the chat engine has {self._in_flight} requests in hand; retry later")
+        params = SamplingParams(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,  # 0 disables; the reference's HF generate applied its default top_k=50
+            max_tokens=min(sampling.max_tokens, budget),
+            repetition_penalty=sampling.repetition_penalty,
+            seed=sampling.seed,
+            stop_token_ids=[EOT_ID],
+            skip_special_tokens=True,
+            output_kind=RequestOutputKind.DELTA,
+        )
+        return self._stream(prompt, params, usage)
+
+    async def _stream(self, prompt: list[int], params: SamplingParams, usage: Usage) -> AsyncIterator[str]:
+        request_id = f"chat-{uuid.uuid4().hex}"
+        self._in_flight += 1
+        outputs = self._llm.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id)
+        finished = False
+        try:
+            async for output in outputs:
+                completion = output.outputs[0]
+                usage.completion_tokens += len(completion.token_ids)
+                if output.finished:
+                    finished = True
+                    usage.finish_reason = "length" if completion.finish_reason == "length" else "stop"
+                if completion.text:
+                    yield completion.text
+        finally:
+            self._in_flight -= 1
+            if not finished:
+                # Closed early (cancel, deadline, shutdown): free the sequence's KV cache now.
+                await outputs.aclose()
+                await self._llm.abort(request_id)
+                log.info("vllm request aborted", extra={"request": request_id})
+
+    async def close(self) -> None:
+        self._llm.shutdown()
