@@ -143,3 +143,62 @@ class FakeTtsEngine(TtsEngine):
         count = int(0.01 * len(text) * rate / controls.speed)
         tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(count) / rate).astype(np.float32)
         yield PcmChunk(tone, rate)
+
+
+class FakeCloningTtsEngine(TtsEngine):
+    """A fake engine that CLONES voices, backed by a real ``services.tts.voices.VoiceRegistry``.
+
+    Synthesis is a tone (0.01 s per character at 16 kHz) but goes through the real tag
+    composition (``services.tts.tags.compose``) and speed post-processing, and records what a
+    Step-Audio engine would feed its LM: ``self.calls`` holds ``(composed_text, VoicePrompt)``
+    (the music variant when the style or the first tag asks for RAP/humming)."""
+
+    name = "fake-cloning"
+    CONTROLS = ("emotion", "language", "style", "speed", "volume")
+
+    def __init__(self, registry) -> None:  # registry: services.tts.voices.VoiceRegistry
+        self.registry = registry
+        self.calls: list[tuple[str, object]] = []
+
+    def _info(self, prompt) -> VoiceInfo:
+        return VoiceInfo(
+            prompt.voice_id,
+            prompt.display_name,
+            prompt.language_codes,
+            16000,
+            self.name,
+            self.CONTROLS,
+            cloned=not prompt.builtin,
+        )
+
+    def voices(self) -> list[VoiceInfo]:
+        return [self._info(prompt) for prompt in self.registry.list()]
+
+    @property
+    def default_voice_id(self) -> str:
+        return self.registry.list()[0].voice_id
+
+    async def synthesize(self, text: str, voice: VoiceInfo, controls: Controls) -> AsyncIterator[PcmChunk]:
+        from services.tts import postprocess, tags
+
+        composed = tags.compose(text, controls)
+        prompt = self.registry.get(voice.voice_id)
+        style = controls.style or tags.music_style(tags.split_leading_tag(composed)[0])
+        prompt = prompt.music.get(style, prompt) if style else prompt
+        self.calls.append((composed, prompt))
+        count = int(0.01 * len(text) * 16000)
+        tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(count) / 16000).astype(np.float32)
+        yield PcmChunk(postprocess.change_speed(tone, 16000, controls.speed), 16000)
+
+    async def register_voice(self, voice_id, display_name, wav, transcript, prompt_tokens, language_codes) -> VoiceInfo:
+        from services.common.concurrency import run_blocking
+
+        prompt = await run_blocking(
+            self.registry.register, voice_id, display_name, wav, transcript, prompt_tokens, language_codes
+        )
+        return self._info(prompt)
+
+    async def delete_voice(self, voice_id: str) -> None:
+        from services.common.concurrency import run_blocking
+
+        await run_blocking(self.registry.delete, voice_id)

@@ -70,6 +70,10 @@ class LocalCluster:
     fixed_ports: bool = False
     detached: bool = False  # True: services outlive this process (``make up``)
     env: dict[str, str] = field(default_factory=dict)
+    # Per service (name -> value): another Python interpreter (e.g. .venv-vllm/bin/python for the step-audio
+    # profile's chat and tts), extra environment on top of ``env``. Default: this interpreter, ``env`` only.
+    python: dict[str, str] = field(default_factory=dict)
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def _spawn(self, name: str, extra_args: list[str]) -> ServiceProcess:
@@ -79,11 +83,13 @@ class LocalCluster:
         log_file = self.run_dir / f"{name}.log"
         grpc_port, metrics_port = DEFAULT_PORTS[name] if self.fixed_ports else (0, 0)
         args = [
-            sys.executable, "-m", f"services.{name}",
+            self.python.get(name, sys.executable), "-m", f"services.{name}",
             "--port", str(grpc_port), "--metrics-port", str(metrics_port), "--port-file", str(port_file),
             *extra_args,
         ]  # fmt: skip
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **self.service_env.get(name, {})}
+        if name in self.python:
+            env.pop("VIRTUAL_ENV", None)  # the other interpreter's environment, not this one's
         with log_file.open("ab") as log:
             process = subprocess.Popen(
                 args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.detached

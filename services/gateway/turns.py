@@ -70,10 +70,20 @@ class _ClauseSpoken:
     clause: str
 
 
+@dataclass(frozen=True)
+class AudioTokenMode:
+    """Whether spoken input goes to the chat stage as Step-Audio audio tokens (the tokenizer produces them and the
+    chat engine reads them), and whether the tokenizer can also transcribe (for history and the client)."""
+
+    enabled: bool
+    transcript: bool
+
+
 class TurnRunner:
     def __init__(self, stages: Stages, settings: GatewaySettings) -> None:
         self.stages = stages
         self._settings = settings
+        self._audio_token_mode: AudioTokenMode | None = None
 
     def timeout(self, context: grpc.aio.ServicerContext) -> float:
         remaining = context.time_remaining()
@@ -91,7 +101,22 @@ class TurnRunner:
         if voice_id not in known:
             raise NotFound(f"unknown voice {voice_id!r}; available voices: {', '.join(known)}")
 
-    def prompt(self, session: Session | None, system_prompt: str, user_text: str) -> list[chat_pb2.ChatMessage]:
+    async def audio_token_mode(self, context: grpc.aio.ServicerContext) -> AudioTokenMode:
+        """Asked of both stages once (GetEngineInfo), then remembered: engines are fixed for a stage's life."""
+        if self._audio_token_mode is None:
+            timeout = self.timeout(context)
+            tokenizer, chat = await asyncio.gather(
+                self.stages.tokenizer.GetEngineInfo(tokenizer_pb2.GetEngineInfoRequest(), timeout=timeout),
+                self.stages.chat.GetEngineInfo(chat_pb2.GetEngineInfoRequest(), timeout=timeout),
+            )
+            self._audio_token_mode = AudioTokenMode(
+                tokenizer.supports_tokens and chat.supports_audio_tokens, tokenizer.supports_transcript
+            )
+        return self._audio_token_mode
+
+    def prompt(
+        self, session: Session | None, system_prompt: str, user_text: str, audio_tokens: str = ""
+    ) -> list[chat_pb2.ChatMessage]:
         system = (session.system_prompt if session else system_prompt) or self._settings.default_system_prompt
         messages = [chat_pb2.ChatMessage(role=chat_pb2.ROLE_SYSTEM, text=system)]
         if session and self._settings.max_history_turns:
@@ -100,7 +125,7 @@ class TurnRunner:
                     continue
                 role = chat_pb2.ROLE_USER if turn.speaker == "user" else chat_pb2.ROLE_ASSISTANT
                 messages.append(chat_pb2.ChatMessage(role=role, text=turn.text))
-        messages.append(chat_pb2.ChatMessage(role=chat_pb2.ROLE_USER, text=user_text))
+        messages.append(chat_pb2.ChatMessage(role=chat_pb2.ROLE_USER, text=user_text, audio_tokens=audio_tokens))
         return messages
 
     async def reply(
@@ -222,6 +247,21 @@ class TurnRunner:
         )
         metrics.STAGE_SECONDS.labels("tokenize").observe(time.perf_counter() - started)
         return response.transcript
+
+    async def tokenize(
+        self, audio: audio_pb2.Audio, transcript: bool, context: grpc.aio.ServicerContext
+    ) -> tokenizer_pb2.TokenizeResponse:
+        """Audio tokens of the user's audio (the chat LM hears it), and its transcript when the engine makes one."""
+        started = time.perf_counter()
+        response = await self.stages.tokenizer.Tokenize(
+            tokenizer_pb2.TokenizeRequest(
+                config=tokenizer_pb2.TokenizeConfig(emit_tokens=True, emit_transcript=transcript), audio=audio
+            ),
+            timeout=self.timeout(context),
+            metadata=self.metadata(),
+        )
+        metrics.STAGE_SECONDS.labels("tokenize").observe(time.perf_counter() - started)
+        return response
 
     async def synthesize(
         self, text: str, voice_id: str, options: ReplyOptions, context: grpc.aio.ServicerContext

@@ -21,6 +21,9 @@ class StreamOptions:
     emit_tokens: bool
     emit_transcript: bool
     language: str = ""
+    # Trim leading/trailing silence first (Step-Audio wav2token, for TTS prompt audio). Engines
+    # that produce no tokens ignore it; tokens then come only when the stream finishes.
+    trim_silence: bool = False
 
 
 @dataclass(frozen=True)

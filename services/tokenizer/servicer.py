@@ -28,7 +28,7 @@ from services.tokenizer.settings import TokenizerSettings
 def _options(config: tokenizer_pb2.TokenizeConfig) -> StreamOptions:
     if not (config.emit_tokens or config.emit_transcript):
         raise InvalidArgument("config asks for nothing: set emit_tokens and/or emit_transcript")
-    return StreamOptions(config.emit_tokens, config.emit_transcript, config.language)
+    return StreamOptions(config.emit_tokens, config.emit_transcript, config.language, config.trim_silence)
 
 
 def _tokens_message(event: TokensEvent) -> tokenizer_pb2.AudioTokens:

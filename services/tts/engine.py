@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from services.common.controls import Controls
+from services.common.errors import FailedPrecondition
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class VoiceInfo:
     native_sample_rate_hz: int
     engine: str
     supported_controls: tuple[str, ...] = ()
+    cloned: bool = False  # registered with register_voice (deletable)
 
 
 @dataclass
@@ -49,6 +51,25 @@ class TtsEngine(abc.ABC):
         """Stream audio for ``text``. ``voice`` comes from ``voices()``; ``controls`` only names
         controls in ``voice.supported_controls`` (the servicer rejects the rest), except volume,
         which the servicer applies itself. Closing the iterator must stop the work."""
+
+    async def register_voice(
+        self,
+        voice_id: str,
+        display_name: str,
+        wav: bytes,
+        transcript: str,
+        prompt_tokens: tuple[int, ...],
+        language_codes: tuple[str, ...],
+    ) -> VoiceInfo:
+        """Clone a voice from a prompt recording (``wav``: WAV/FLAC/OGG file bytes) and its
+        transcript; ``prompt_tokens`` are its Step-Audio audio tokens (may be empty). Engines that
+        clone keep their voices in a :class:`services.tts.voices.VoiceRegistry`, which validates
+        (InvalidArgument, AlreadyExists). The new voice must appear in ``voices()``."""
+        raise FailedPrecondition(f"the {self.name!r} TTS engine cannot clone voices")
+
+    async def delete_voice(self, voice_id: str) -> None:
+        """Delete a cloned voice (NotFound if unknown, FailedPrecondition for a built-in one)."""
+        raise FailedPrecondition(f"the {self.name!r} TTS engine cannot clone voices, so it has none to delete")
 
     async def close(self) -> None:
         """Release models and worker processes."""

@@ -12,9 +12,11 @@ from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
 from services.common.audio import StreamResampler, check_sample_rate
 from services.common.controls import controls_from_message
 from services.common.errors import InvalidArgument, NotFound
-from services.common.wire import audio_chunk
+from services.common.wire import audio_chunk, declared_format
 from services.tts.engine import TtsEngine, VoiceInfo
+from services.tts.postprocess import apply_volume
 from services.tts.settings import TtsSettings
+from services.tts.voices import prompt_wav_from
 
 
 def voice_message(voice: VoiceInfo) -> speech_pb2.Voice:
@@ -25,6 +27,7 @@ def voice_message(voice: VoiceInfo) -> speech_pb2.Voice:
         native_sample_rate_hz=voice.native_sample_rate_hz,
         engine=voice.engine,
         supported_controls=voice.supported_controls,
+        cloned=voice.cloned,
     )
 
 
@@ -69,7 +72,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             async for chunk in chunks:
                 if resampler is None:
                     resampler = StreamResampler(chunk.sample_rate_hz, rate)
-                samples = resampler.push(chunk.samples) * np.float32(controls.volume)
+                samples = apply_volume(resampler.push(chunk.samples), controls.volume)
                 for start in range(0, len(samples), piece):
                     part = samples[start : start + piece]
                     yield tts_pb2.SynthesizeResponse(audio=audio_chunk(part, rate, sequence, sent / rate))
@@ -78,7 +81,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
         finally:
             await chunks.aclose()
         if resampler is not None:
-            tail = resampler.push(np.zeros(0, dtype=np.float32), last=True) * np.float32(controls.volume)
+            tail = apply_volume(resampler.push(np.zeros(0, dtype=np.float32), last=True), controls.volume)
             if len(tail):
                 yield tts_pb2.SynthesizeResponse(audio=audio_chunk(tail, rate, sequence, sent / rate))
 
@@ -92,3 +95,25 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             if not prefix or any(code.lower().startswith(prefix) for code in voice.language_codes)
         ]
         return tts_pb2.ListVoicesResponse(voices=voices)
+
+    async def RegisterVoice(
+        self, request: tts_pb2.RegisterVoiceRequest, context: grpc.aio.ServicerContext
+    ) -> tts_pb2.RegisterVoiceResponse:
+        wav = prompt_wav_from(request.audio.content, declared_format(request.audio.format))
+        voice = await self._engine.register_voice(
+            request.voice_id,
+            request.display_name,
+            wav,
+            request.transcript,
+            tuple(request.prompt_tokens),
+            tuple(request.language_codes),
+        )
+        return tts_pb2.RegisterVoiceResponse(voice=voice_message(voice))
+
+    async def DeleteVoice(
+        self, request: tts_pb2.DeleteVoiceRequest, context: grpc.aio.ServicerContext
+    ) -> tts_pb2.DeleteVoiceResponse:
+        if not request.voice_id:
+            raise InvalidArgument("voice_id is empty: name the cloned voice to delete")
+        await self._engine.delete_voice(request.voice_id)
+        return tts_pb2.DeleteVoiceResponse()

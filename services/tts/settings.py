@@ -20,3 +20,75 @@ class TtsSettings(ServiceSettings):
         "child process there: it needs TensorFlow 2.15 and numpy<2). Empty disables the Mandarin voice.",
     )
     synthesis_threads: int = Field(1, ge=1, description="Threads for the embedded English voice (onnxruntime).")
+    # Voice registry (services/tts/voices.py): used by engines that clone voices (step-audio).
+    voices_dir: str = Field(
+        "voices",
+        description="Directory of built-in voices: manifest.json and prompt WAVs with precomputed prompt tokens "
+        "(written by 'python -m tools.build_voices'). Empty: no built-in voices.",
+    )
+    registry_dir: str = Field(
+        ".voices",
+        description="Directory where cloned voices (RegisterVoice) are stored: index.json and prompt WAVs, "
+        "written crash-safely.",
+    )
+    # --- step-audio engine (docs/tts.md): Step-Audio-TTS-3B on vLLM (.venv-vllm) + the CosyVoice decoder ---------
+    step_audio_models_dir: str = Field(
+        "",
+        description="step-audio: directory holding the checkpoint folder named by TTS_STEP_AUDIO_MODEL (the LM "
+        "at its root, CosyVoice-300M-25Hz/ and CosyVoice-300M-25Hz-Music/ inside).",
+    )
+    step_audio_model: str = Field(
+        "Step-Audio-TTS-3B", description="step-audio: checkpoint folder inside TTS_STEP_AUDIO_MODELS_DIR."
+    )
+    step_audio_default_voice: str = Field(
+        "Tingting", description="step-audio: voice used when a request names none (else the first voice)."
+    )
+    step_audio_tensor_parallel_size: int = Field(
+        1, ge=1, description="step-audio: GPUs the LM is split over (1: a 3B model fits one GPU)."
+    )
+    step_audio_pipeline_parallel_size: int = Field(1, ge=1, description="step-audio: LM pipeline stages.")
+    step_audio_distributed_executor_backend: str = Field(
+        "mp", description="step-audio: 'mp' (one node) or 'ray' (only with several GPUs)."
+    )
+    step_audio_gpu_memory_utilization: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="step-audio: fraction of the GPU's memory vLLM takes for the LM (weights ~7 GB + KV cache); "
+        "the rest is left to the decoder (~0.5 GB) and CUDA.",
+    )
+    step_audio_max_model_len: int = Field(
+        0, ge=0, description="step-audio: most tokens per sequence in vLLM; 0 = the checkpoint's max_seq_len."
+    )
+    step_audio_max_num_seqs: int = Field(
+        16, ge=1, description="step-audio: syntheses generated concurrently (one vLLM batch)."
+    )
+    step_audio_attention_backend: str = Field(
+        "auto",
+        description="step-audio: vLLM attention backend; 'auto' = TRITON_ATTN on GPU (the only one with Step1's "
+        "sqrt-ALiBi), the platform's own on CPU.",
+    )
+    step_audio_dtype: str = Field("auto", description="step-audio: LM weight dtype ('auto' = bfloat16).")
+    step_audio_enforce_eager: bool = Field(
+        False, description="step-audio: no CUDA graphs / compilation (faster start, slower decode; CPU tests)."
+    )
+    step_audio_max_length: int = Field(
+        8192, ge=2, description="step-audio: most tokens per synthesis, prompt included (reference: 8192)."
+    )
+    step_audio_temperature: float = Field(0.7, ge=0, le=2, description="step-audio: sampling temperature (ref. 0.7).")
+    step_audio_top_k: int = Field(50, ge=0, description="step-audio: top-k (reference: transformers' default 50).")
+    step_audio_repetition_rule: bool = Field(
+        True,
+        description="step-audio: the reference's repetition-aware rule (the last id is banned when it occurs "
+        "twice in the last 10). Off only to show in tests that it acts.",
+    )
+    step_audio_decoder_device: str = Field(
+        "auto", description="step-audio: decoder device: 'auto' (CUDA when available), 'cpu', 'cuda[:n]'."
+    )
+    step_audio_decoder_flow_dtype: str = Field(
+        "auto", description="step-audio: decoder flow dtype: 'auto' (bf16 on CUDA as the reference, fp32 on CPU)."
+    )
+    step_audio_decoder_seed: int = Field(0, description="step-audio: decoder noise seed (same codes → same audio).")
+    step_audio_decode_threads: int = Field(
+        4, ge=1, description="step-audio: syntheses decoded at once (threads; further ones wait for a thread)."
+    )

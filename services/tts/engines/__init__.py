@@ -14,7 +14,14 @@ def _embedded(settings: TtsSettings) -> TtsEngine:
     return EmbeddedTtsEngine.load(settings)
 
 
-ENGINES: dict[str, Callable[[TtsSettings], TtsEngine]] = {"embedded": _embedded}
+def _step_audio(settings: TtsSettings) -> TtsEngine:
+    # vLLM + the CosyVoice decoder: runs only from .venv-vllm (tools/setup_vllm_env.sh), see docs/tts.md.
+    from services.tts.engines.step_audio.engine import StepAudioTtsEngine
+
+    return StepAudioTtsEngine.load(settings)
+
+
+ENGINES: dict[str, Callable[[TtsSettings], TtsEngine]] = {"embedded": _embedded, "step-audio": _step_audio}
 
 
 def create_engine(settings: TtsSettings) -> TtsEngine:

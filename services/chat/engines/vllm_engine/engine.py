@@ -11,14 +11,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator
 
 from prometheus_client import Gauge
 from vllm import AsyncEngineArgs, SamplingParams
-from vllm.inputs import TokensPrompt
-from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -27,6 +24,8 @@ from services.chat.engines.vllm_engine.checkpoint import CheckpointError, Step1P
 from services.chat.prompt import EOT_ID, after_special, build_prompt, reference_text
 from services.chat.settings import ChatSettings
 from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.vllm import runtime
+from services.common.vllm.runtime import EngineOptions
 
 log = logging.getLogger(__name__)
 
@@ -43,35 +42,23 @@ SELF_CHECK = [
 ]
 
 
-def attention_backend(settings: ChatSettings) -> str | None:
-    """TRITON_ATTN on GPU: the only vLLM backend that implements Step1's sqrt-ALiBi (the CUDA default would be
-    FLASH_ATTN or FLASHINFER, which refuse it). On CPU the platform's own backend (CPU_ATTN)."""
-    if settings.vllm_attention_backend != "auto":
-        return settings.vllm_attention_backend
-    return None if current_platform.is_cpu() else "TRITON_ATTN"
-
-
-def engine_args(settings: ChatSettings, plan: Step1Plan) -> AsyncEngineArgs:
-    backend = attention_backend(settings)
-    return AsyncEngineArgs(
-        model=str(plan.path),
-        tokenizer=str(plan.path),
+def engine_options(settings: ChatSettings) -> EngineOptions:
+    return EngineOptions(
         served_model_name=settings.vllm_model,
-        trust_remote_code=True,  # Step1's config class lives in the checkpoint (configuration_step1.py)
         dtype=settings.vllm_dtype,
         tensor_parallel_size=settings.vllm_tensor_parallel_size,
         pipeline_parallel_size=settings.vllm_pipeline_parallel_size,
-        # One process is enough for one GPU; with several, 'mp' on one node or 'ray' across nodes.
-        distributed_executor_backend=settings.vllm_distributed_executor_backend if plan.world_size > 1 else None,
+        distributed_executor_backend=settings.vllm_distributed_executor_backend,
         gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-        max_model_len=plan.max_model_len,
         max_num_seqs=settings.vllm_max_num_seqs,
         enforce_eager=settings.vllm_enforce_eager,
-        hf_overrides=plan.hf_overrides or None,
-        attention_backend=backend,
-        disable_log_stats=False,  # keeps the vllm:* Prometheus metrics
-        enable_log_requests=False,
+        attention_backend=settings.vllm_attention_backend,
     )
+
+
+def engine_args(settings: ChatSettings, plan: Step1Plan) -> AsyncEngineArgs:
+    """The AsyncLLM arguments of this engine (also used by tools/bench_chat_vllm.py)."""
+    return runtime.engine_args(engine_options(settings), plan)
 
 
 class VllmChatEngine(ChatEngine):
@@ -105,16 +92,12 @@ class VllmChatEngine(ChatEngine):
             plan = plan_step1(settings)
         except CheckpointError as error:
             raise SystemExit(f"vllm chat engine: {error}") from None
-        for note in plan.notes:
-            log.info("vllm checkpoint check", extra={"detail": note})
-        if os.environ.get("STEPAUDIO_CPU_STEP1_PLAIN_ALIBI") == "1":
-            log.warning("STEPAUDIO_CPU_STEP1_PLAIN_ALIBI=1: on CPU Step1 runs with PLAIN ALiBi (a test double)")
-        llm = AsyncLLM.from_engine_args(engine_args(settings, plan))
+        llm = runtime.start_engine(engine_options(settings), plan, "chat")
         engine = cls(llm, plan, settings)
         try:
             engine.check_prompt_format()
         except Exception:
-            llm.shutdown()
+            runtime.shutdown(llm)
             raise
         log.info("vllm engine ready", extra={"path": str(plan.path), "max_model_len": plan.max_model_len})
         return engine
@@ -160,26 +143,17 @@ class VllmChatEngine(ChatEngine):
         return self._stream(prompt, params, usage)
 
     async def _stream(self, prompt: list[int], params: SamplingParams, usage: Usage) -> AsyncIterator[str]:
-        request_id = f"chat-{uuid.uuid4().hex}"
         self._in_flight += 1
-        outputs = self._llm.generate(TokensPrompt(prompt_token_ids=prompt), params, request_id)
-        finished = False
         try:
-            async for output in outputs:
+            async for output in runtime.stream_request(self._llm, prompt, params, f"chat-{uuid.uuid4().hex}"):
                 completion = output.outputs[0]
                 usage.completion_tokens += len(completion.token_ids)
                 if output.finished:
-                    finished = True
                     usage.finish_reason = "length" if completion.finish_reason == "length" else "stop"
                 if completion.text:
                     yield completion.text
         finally:
             self._in_flight -= 1
-            if not finished:
-                # Closed early (cancel, deadline, shutdown): free the sequence's KV cache now.
-                await outputs.aclose()
-                await self._llm.abort(request_id)
-                log.info("vllm request aborted", extra={"request": request_id})
 
     async def close(self) -> None:
-        self._llm.shutdown()
+        runtime.shutdown(self._llm)

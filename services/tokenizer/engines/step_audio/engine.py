@@ -54,11 +54,11 @@ def window_samples(seconds: float) -> int:
 
 
 class StepAudioStream(TokenizerStream):
-    def __init__(self, engine: StepAudioTokenizerEngine) -> None:
+    def __init__(self, engine: StepAudioTokenizerEngine, trim_silence: bool = False) -> None:
         self._engine = engine
         self._vq02 = engine.vq02.new_state()
         self._window = window_samples(engine.settings.vq06_window_seconds)
-        self._trim = engine.settings.trim_silence
+        self._trim = engine.settings.trim_silence or trim_silence  # server setting, or per request
         self._raw = _EMPTY  # not yet normalised: < NORM_BLOCK samples (or everything, when trimming)
         self._peak = 0.0
         self._vq06_audio = _EMPTY  # normalised samples of the current vq06 window
@@ -189,7 +189,7 @@ class StepAudioTokenizerEngine(TokenizerEngine):
                 )
             self._open += 1
         try:
-            return StepAudioStream(self)
+            return StepAudioStream(self, options.trim_silence)
         except BaseException:
             self.release_stream()
             raise

@@ -1,0 +1,136 @@
+"""The whole step-audio profile as real processes on tiny checkpoints: tokenizer ``step-audio`` (.venv), chat
+``vllm`` and tts ``step-audio`` (.venv-vllm, CPU test double for Step1's attention), and the gateway.
+
+A spoken turn goes through the gateway: the tokenizer's audio tokens must reach the chat prompt as ``<audio_N>``
+ids (the step-audio tokenizer makes no transcript, so the gateway sends the audio as tokens), the reply text is
+synthesised by the step-audio TTS and PCM at 22.05 kHz comes back. The tiny models say nothing sensible: this checks
+the plumbing, the prompt sizes and the timings. The cluster starts once for the module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
+from stepaudio.common.v1 import speech_pb2
+from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
+from stepaudio_client.client import GatewayClient, wav_audio
+
+from services.chat.engine import Message
+from services.chat.prompt import after_special, build_prompt
+from tests.integration.test_tts_step_audio import require_vllm_venv, step_audio_tts_env, write_voices_dir
+from tools.bench_chat_vllm import CPU_TEST_ENV, VLLM_PYTHON
+from tools.cluster import LocalCluster, shared_data_dir
+from tools.tiny_models import write_step_audio_chat, write_step_audio_tokenizer, write_step_audio_tts
+from tools.tiny_step1 import build_tokenizer
+
+pytestmark = pytest.mark.integration
+
+SYSTEM = "适配用户的语言，用简短口语化的文字回答"
+SAMPLING = speech_pb2.SamplingParams(temperature=0.7, top_k=50, max_tokens=12, seed=3)
+TTS_MAX_LENGTH = 800  # ~600 prompt ids + up to ~200 audio ids per clause (the echo LM never stops by itself)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    require_vllm_venv()
+    models = tmp_path_factory.mktemp("models")
+    write_step_audio_tokenizer(models)
+    write_step_audio_chat(models)
+    write_step_audio_tts(models)
+    voices = write_voices_dir(tmp_path_factory.mktemp("voices"))
+    run_dir = tmp_path_factory.mktemp("step-audio-profile")
+    vllm_env = {**CPU_TEST_ENV}
+    cluster = LocalCluster(
+        run_dir,
+        env={
+            "TOKENIZER_ENGINE": "step-audio",
+            "TOKENIZER_MODELS_DIR": str(models),
+            "TOKENIZER_ONNX_PROVIDER": "cpu",
+            "GATEWAY_DEFAULT_SYSTEM_PROMPT": SYSTEM,
+            "GATEWAY_VOICE_ZH": "Tingting",
+            "GATEWAY_VOICE_EN": "Tingting",
+        },
+        python={"chat": str(VLLM_PYTHON), "tts": str(VLLM_PYTHON)},
+        service_env={
+            "chat": {
+                **vllm_env,
+                "CHAT_ENGINE": "vllm",
+                "CHAT_MODELS_DIR": str(models),
+                "CHAT_VLLM_TENSOR_PARALLEL_SIZE": "1",
+                "CHAT_VLLM_MAX_MODEL_LEN": "1024",
+                "CHAT_VLLM_MAX_NUM_SEQS": "4",
+                "CHAT_VLLM_ENFORCE_EAGER": "true",
+            },
+            "tts": step_audio_tts_env(models, voices, run_dir / "registry", TTS_MAX_LENGTH),
+        },
+    )
+    started = time.monotonic()
+    cluster.start(timeout=300)
+    print(f"\nstep-audio profile up in {time.monotonic() - started:.1f} s")
+    yield cluster
+    codes = cluster.stop()
+    assert codes == {"tokenizer": 0, "chat": 0, "tts": 0, "gateway": 0}, "a service did not shut down cleanly"
+
+
+def recording() -> bytes:
+    return (shared_data_dir() / "Tingting_prompt.wav").read_bytes()
+
+
+async def stage_tokens(cluster: LocalCluster, wav: bytes) -> str:
+    """The tokenizer stage's audio tokens for ``wav``, asked directly (the same call the gateway makes)."""
+    async with grpc.aio.insecure_channel(cluster.services["tokenizer"].address) as channel:
+        response = await tokenizer_pb2_grpc.TokenizerServiceStub(channel).Tokenize(
+            tokenizer_pb2.TokenizeRequest(config=tokenizer_pb2.TokenizeConfig(emit_tokens=True), audio=wav_audio(wav))
+        )
+    assert response.tokens.token_ids, "the tokenizer gave no tokens"
+    return response.tokens.text
+
+
+async def test_spoken_turn_reaches_the_chat_lm_as_audio_tokens_and_comes_back_as_step_audio_speech(
+    cluster: LocalCluster,
+) -> None:
+    wav = recording()
+    tokens = await stage_tokens(cluster, wav)
+    tokenizer = build_tokenizer()
+    encode = after_special(lambda text: tokenizer.encode(text, add_special_tokens=False).ids)
+    expected_prompt = build_prompt([Message("system", SYSTEM), Message("user", "", tokens)], encode)
+    audio_ids = sum(1 for token in expected_prompt if token >= 65536)
+    assert audio_ids == tokens.count("<audio_") > 100  # 4.4 s at 41.67 tokens/s
+
+    async with GatewayClient(cluster.gateway_address) as client:
+        started = time.monotonic()
+        result = await client.chat(audio=wav_audio(wav), voice_id="Tingting", sampling=SAMPLING, timeout=240)
+        elapsed = time.monotonic() - started
+    summary = result.summary
+    # The chat LM's prompt is exactly the reference prompt with the user's audio as <audio_N> ids.
+    assert summary.prompt_tokens == len(expected_prompt)
+    assert result.user_transcript == ""  # the step-audio tokenizer makes no transcript
+    assert result.reply_text, "the tiny chat model wrote nothing"
+    assert result.sample_rate_hz == 22050
+    pcm = np.frombuffer(bytes(result.pcm), dtype="<i2")
+    assert len(pcm) > 22050 // 2 and np.abs(pcm).max() > 0
+    latency = summary.latency
+    assert 0 < latency.first_text_seconds <= latency.first_audio_seconds <= latency.total_seconds
+    print(
+        f"\nspoken turn: {summary.prompt_tokens} prompt ids ({audio_ids} audio), {summary.completion_tokens} reply "
+        f"ids {result.reply_text!r}; tokenize {latency.transcribe_seconds:.2f} s, first text "
+        f"{latency.first_text_seconds:.2f} s, first audio {latency.first_audio_seconds:.2f} s, total "
+        f"{latency.total_seconds:.2f} s for {summary.audio_seconds:.2f} s of audio "
+        f"(turn RTF {latency.total_seconds / summary.audio_seconds:.2f}); client {elapsed:.2f} s"
+    )
+    log = cluster.services["tts"].log_file.read_text(errors="replace")
+    assert '"non_audio_ids": 0' in log and '"msg": "step-audio synthesis"' in log
+
+
+async def test_text_turn_and_engine_info(cluster: LocalCluster) -> None:
+    async with grpc.aio.insecure_channel(cluster.services["chat"].address) as channel:
+        info = await chat_pb2_grpc.ChatServiceStub(channel).GetEngineInfo(chat_pb2.GetEngineInfoRequest())
+    assert (info.engine, info.supports_audio_tokens) == ("vllm", True)
+    async with GatewayClient(cluster.gateway_address) as client:
+        result = await client.chat("你好", voice_id="Tingting", sampling=SAMPLING, timeout=240)
+    assert result.reply_text and result.sample_rate_hz == 22050 and len(result.pcm) > 0
