@@ -11,7 +11,11 @@ from services.common.settings import ServiceSettings
 class TtsSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="TTS_")
 
-    engine: str = Field("embedded", description="Engine to load: 'embedded' (CPU voices from packages).")
+    engine: str = Field(
+        "embedded",
+        description="Engine to load: 'embedded' (CPU voices from packages) or 'step-audio' (Step-Audio-TTS-3B LM on "
+        "vLLM + CosyVoice decoder; runs from .venv-vllm, see docs/tts.md).",
+    )
     max_text_chars: int = Field(2000, ge=1, description="Longest text accepted by Synthesize, in characters.")
     chunk_seconds: float = Field(0.5, gt=0, description="Largest PCM chunk sent on the wire, in seconds of audio.")
     zh_worker_python: str = Field(

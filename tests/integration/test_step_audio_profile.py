@@ -9,12 +9,14 @@ the plumbing, the prompt sizes and the timings. The cluster starts once for the 
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 
 import grpc
 import numpy as np
 import pytest
+import soundfile
 from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
 from stepaudio.common.v1 import speech_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
@@ -134,3 +136,27 @@ async def test_text_turn_and_engine_info(cluster: LocalCluster) -> None:
     async with GatewayClient(cluster.gateway_address) as client:
         result = await client.chat("你好", voice_id="Tingting", sampling=SAMPLING, timeout=240)
     assert result.reply_text and result.sample_rate_hz == 22050 and len(result.pcm) > 0
+
+
+async def test_a_cloned_voice_is_registered_used_and_deleted_through_the_gateway(cluster: LocalCluster) -> None:
+    # The first 3.5 s of the cloning prompt, so voice prompt + text fit the tiny LM's 800-token budget.
+    samples, rate = soundfile.read(shared_data_dir() / "prompt_wav_yuqian.wav", dtype="int16")
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples[: int(3.5 * rate)], rate, format="WAV", subtype="PCM_16")
+    clone_wav = buffer.getvalue()
+    transcript = "叫做秋风起蟹脚痒，啊，什么意思呢？"
+    async with GatewayClient(cluster.gateway_address) as client:
+        registered = await client.register_voice("yuqian", wav_audio(clone_wav), transcript, timeout=120)
+        # The tokenizer stage computed the prompt tokens (trimmed 3.5 s clip at 41.67 tokens/s).
+        assert registered.prompt_token_count > 60 and registered.prompt_token_count % 5 == 0
+        assert registered.voice.cloned
+        assert "yuqian" in {voice.voice_id for voice in await client.list_voices()}
+        pcm, rate = bytearray(), 0
+        async for chunk in client.synthesize("今天天气很好。", voice_id="yuqian", timeout=240):
+            pcm += chunk.content
+            rate = chunk.format.sample_rate_hz
+        assert rate == 22050 and len(pcm) > 0
+        await client.delete_voice("yuqian")
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            [chunk async for chunk in client.synthesize("你好。", voice_id="yuqian", timeout=60)]
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
