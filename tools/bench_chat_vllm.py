@@ -19,14 +19,14 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tools.cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 VLLM_VENV = Path(os.environ.get("STEPAUDIO_VLLM_VENV", ROOT / ".venv-vllm"))
@@ -53,71 +53,39 @@ BENCH_MESSAGES = [("system", "you are helpful", ""), ("user", "hello, what is th
 
 @dataclass
 class ServiceProcess:
-    """``python -m services.chat --engine vllm`` from .venv-vllm, on free ports, logging to ``log_file``."""
+    """``python -m services.chat --engine vllm`` from .venv-vllm, on free ports, logging to ``log_file``
+    (a one-service ``LocalCluster``)."""
 
     models_dir: Path
     run_dir: Path
     extra_flags: dict[str, str] = field(default_factory=dict)
-    process: subprocess.Popen | None = None
-    grpc_port: int = 0
-    metrics_port: int = 0
+    cluster: LocalCluster | None = None
 
     @property
     def log_file(self) -> Path:
-        return self.run_dir / "chat-vllm.log"
+        return self.run_dir / "chat.log"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        assert self.cluster is not None
+        return self.cluster.services["chat"].address
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+        assert self.cluster is not None
+        return self.cluster.services["chat"].metrics_url
 
     def start(self, timeout: float = 240.0) -> None:
-        from grpc_health.v1 import health_pb2
-
-        from tools.cluster import health_status
-
         if not VLLM_PYTHON.exists():
             raise FileNotFoundError(f"{VLLM_PYTHON} is missing: run `make install` (tools/setup_vllm_env.sh)")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        port_file = self.run_dir / "chat-vllm.ports"
-        port_file.unlink(missing_ok=True)
         flags = {**TINY_ENGINE_FLAGS, **self.extra_flags}
-        args = [
-            str(VLLM_PYTHON), "-m", "services.chat", "--engine", "vllm", "--models-dir", str(self.models_dir),
-            "--port", "0", "--metrics-port", "0", "--port-file", str(port_file), "--vllm-enforce-eager",
-            *[part for flag, value in flags.items() for part in (flag, value)],
-        ]  # fmt: skip
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **CPU_TEST_ENV}
-        env.pop("VIRTUAL_ENV", None)
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = self.log_file.read_text(errors="replace")[-4000:]
-                raise RuntimeError(f"the vllm chat service exited with {self.process.returncode}:\n{tail}")
-            if port_file.exists() and (text := port_file.read_text().split()):
-                self.grpc_port, self.metrics_port = int(text[0]), int(text[1])
-                if health_status(self.address) == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.25)
-        self.stop()
-        raise TimeoutError(f"the vllm chat service was not SERVING after {timeout:.0f} s; see {self.log_file}")
+        self.cluster = LocalCluster(self.run_dir, python={"chat": str(VLLM_PYTHON)}, service_env={"chat": CPU_TEST_ENV})
+        args = ["--engine", "vllm", "--models-dir", str(self.models_dir), "--vllm-enforce-eager"]
+        self.cluster.start_service("chat", [*args, *[part for item in flags.items() for part in item]], timeout)
 
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (graceful shutdown), SIGKILL after ``timeout``; the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return self.cluster.stop(timeout).get("chat") if self.cluster else None
 
 
 def metric_values(text: str, name: str) -> list[float]:

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,10 @@ class ServiceProcess:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
 
 def health_status(address: str, timeout: float = 2.0) -> int:
@@ -130,6 +135,16 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+
+    def start_service(self, name: str, extra_args: Sequence[str] = (), timeout: float = 300.0) -> ServiceProcess:
+        """Start one service on its own (tests and benchmarks of a single stage); wait until SERVING."""
+        service = self._spawn(name, list(extra_args))
+        try:
+            self._wait_ready(service, time.monotonic() + timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return service
 
     @property
     def gateway_address(self) -> str:

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,7 +23,7 @@ from stepaudio.common.v1 import speech_pb2
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
 
 from tools.bench_chat_vllm import CPU_TEST_ENV, VLLM_PYTHON, metric_values
-from tools.cluster import ROOT, health_status, shared_data_dir
+from tools.cluster import LocalCluster, health_status, shared_data_dir
 from tools.tiny_models import write_step_audio_tts
 
 pytestmark = pytest.mark.integration
@@ -91,62 +88,34 @@ def step_audio_tts_env(models_dir: Path, voices_dir: Path, registry_dir: Path, m
 
 @dataclass
 class TtsProcess:
-    """``python -m services.tts`` from .venv-vllm on free ports."""
+    """``python -m services.tts`` from .venv-vllm on free ports (a one-service ``LocalCluster``)."""
 
     run_dir: Path
     env: dict[str, str]
-    name: str = "tts-step-audio"
-    process: subprocess.Popen | None = None
-    grpc_port: int = 0
-    metrics_port: int = 0
+    cluster: LocalCluster | None = None
     started_in: float = field(default=0.0)
 
     @property
     def log_file(self) -> Path:
-        return self.run_dir / f"{self.name}.log"
+        return self.run_dir / "tts.log"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        assert self.cluster is not None
+        return self.cluster.services["tts"].address
 
     def start(self, timeout: float = 240.0) -> None:
-        from grpc_health.v1 import health_pb2
-
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        port_file = self.run_dir / f"{self.name}.ports"
-        args = [str(VLLM_PYTHON), "-m", "services.tts", "--port", "0", "--metrics-port", "0", "--port-file",
-                str(port_file)]  # fmt: skip
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
-        env.pop("VIRTUAL_ENV", None)
         began = time.monotonic()
-        with self.log_file.open("ab") as log:
-            self.process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while time.monotonic() < began + timeout:
-            if self.process.poll() is not None:
-                tail = self.log_file.read_text(errors="replace")[-4000:]
-                raise RuntimeError(f"the step-audio tts service exited with {self.process.returncode}:\n{tail}")
-            if port_file.exists() and (text := port_file.read_text().split()):
-                self.grpc_port, self.metrics_port = int(text[0]), int(text[1])
-                if health_status(self.address) == health_pb2.HealthCheckResponse.SERVING:
-                    self.started_in = time.monotonic() - began
-                    return
-            time.sleep(0.25)
-        self.stop()
-        raise TimeoutError(f"the step-audio tts service was not SERVING after {timeout:.0f} s; see {self.log_file}")
+        self.cluster = LocalCluster(self.run_dir, python={"tts": str(VLLM_PYTHON)}, service_env={"tts": self.env})
+        self.cluster.start_service("tts", timeout=timeout)
+        self.started_in = time.monotonic() - began
 
     def stop(self, timeout: float = 60.0) -> int | None:
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait()
+        return self.cluster.stop(timeout).get("tts") if self.cluster else None
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+        assert self.cluster is not None
+        with urllib.request.urlopen(self.cluster.services["tts"].metrics_url, timeout=5) as response:
             return response.read().decode()
 
     def metric(self, name: str) -> float:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from services.chat.engine import ChatEngine
 from services.chat.settings import ChatSettings
+from services.common import registry as common_registry
 
 
 def _embedded(settings: ChatSettings) -> ChatEngine:
@@ -30,8 +31,4 @@ ENGINES: dict[str, Callable[[ChatSettings], ChatEngine]] = {"embedded": _embedde
 
 
 def create_engine(settings: ChatSettings) -> ChatEngine:
-    try:
-        factory = ENGINES[settings.engine]
-    except KeyError:
-        raise SystemExit(f"unknown chat engine {settings.engine!r}; choose one of {sorted(ENGINES)}") from None
-    return factory(settings)
+    return common_registry.create_engine("chat", ENGINES, settings.engine, settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from services.common import registry as common_registry
 from services.tokenizer.engine import TokenizerEngine
 from services.tokenizer.settings import TokenizerSettings
 
@@ -28,8 +29,4 @@ ENGINES: dict[str, Callable[[TokenizerSettings], TokenizerEngine]] = {"embedded"
 
 
 def create_engine(settings: TokenizerSettings) -> TokenizerEngine:
-    try:
-        factory = ENGINES[settings.engine]
-    except KeyError:
-        raise SystemExit(f"unknown tokenizer engine {settings.engine!r}; choose one of {sorted(ENGINES)}") from None
-    return factory(settings)
+    return common_registry.create_engine("tokenizer", ENGINES, settings.engine, settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from services.common import registry as common_registry
 from services.tts.engine import TtsEngine
 from services.tts.settings import TtsSettings
 
@@ -25,8 +26,4 @@ ENGINES: dict[str, Callable[[TtsSettings], TtsEngine]] = {"embedded": _embedded,
 
 
 def create_engine(settings: TtsSettings) -> TtsEngine:
-    try:
-        factory = ENGINES[settings.engine]
-    except KeyError:
-        raise SystemExit(f"unknown TTS engine {settings.engine!r}; choose one of {sorted(ENGINES)}") from None
-    return factory(settings)
+    return common_registry.create_engine("TTS", ENGINES, settings.engine, settings)
