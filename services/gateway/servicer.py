@@ -186,7 +186,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.RegisterVoiceResponse:
         """Validate (fail fast) → prompt tokens from the tokenizer stage (trimmed, as Step-Audio's
         wav2token) when its engine makes tokens → the TTS stage stores the voice."""
-        wav = prompt_wav_from(request.audio.content, declared_format(request.audio.format))
+        wav = await run_blocking(prompt_wav_from, request.audio.content, declared_format(request.audio.format))
         await run_blocking(
             check_registration,
             request.voice_id,

@@ -10,6 +10,7 @@ from stepaudio.common.v1 import speech_pb2
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
 
 from services.common.audio import StreamResampler, check_sample_rate
+from services.common.concurrency import run_blocking
 from services.common.controls import controls_from_message
 from services.common.errors import InvalidArgument, NotFound
 from services.common.wire import audio_chunk, declared_format
@@ -99,7 +100,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
     async def RegisterVoice(
         self, request: tts_pb2.RegisterVoiceRequest, context: grpc.aio.ServicerContext
     ) -> tts_pb2.RegisterVoiceResponse:
-        wav = prompt_wav_from(request.audio.content, declared_format(request.audio.format))
+        wav = await run_blocking(prompt_wav_from, request.audio.content, declared_format(request.audio.format))
         voice = await self._engine.register_voice(
             request.voice_id,
             request.display_name,
