@@ -55,5 +55,11 @@ class ChatEngine(abc.ABC):
         Raise InvalidArgument if the prompt does not fit the context, ResourceExhausted when
         the queue is full."""
 
+    async def check_health(self) -> None:
+        """Liveness: return if the engine can serve, raise ``EngineUnhealthy`` if not.
+
+        Called every few seconds by the server's health monitor under a deadline (a check that does
+        not answer in time counts as failed); it must be cheap and must not block the event loop."""
+
     async def close(self) -> None:
         """Release the model."""

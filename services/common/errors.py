@@ -61,6 +61,21 @@ class DeadlineExceeded(DomainError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class EngineUnhealthy(Exception):
+    """An engine's liveness check failed (see ``check_health`` on the engine interfaces).
+
+    ``recoverable`` False means only a new process can help (the vLLM engine core died, the model is
+    gone): the service then exits non-zero at once so the orchestrator restarts it. A recoverable
+    failure (a voice worker being restarted, a stalled step) turns the service NOT_SERVING until a
+    later check passes, and exits only if it lasts longer than the configured limit.
+    """
+
+    def __init__(self, message: str, recoverable: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.recoverable = recoverable
+
+
 def status_for(error: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message a client sees for ``error``."""
     if isinstance(error, DomainError):

@@ -78,6 +78,12 @@ class TokenizerEngine(abc.ABC):
     def open_stream(self, options: StreamOptions) -> TokenizerStream:
         """Start a stream. Raise FailedPrecondition for outputs the engine cannot produce."""
 
+    async def check_health(self) -> None:
+        """Liveness: return if the engine can serve, raise ``EngineUnhealthy`` if not.
+
+        Called every few seconds by the server's health monitor under a deadline (a check that does
+        not answer in time counts as failed); it must be cheap and must not block the event loop."""
+
     async def close(self) -> None:
         """Release models."""
 

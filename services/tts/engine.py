@@ -71,5 +71,11 @@ class TtsEngine(abc.ABC):
         """Delete a cloned voice (NotFound if unknown, FailedPrecondition for a built-in one)."""
         raise FailedPrecondition(f"the {self.name!r} TTS engine cannot clone voices, so it has none to delete")
 
+    async def check_health(self) -> None:
+        """Liveness: return if the engine can serve, raise ``EngineUnhealthy`` if not.
+
+        Called every few seconds by the server's health monitor under a deadline (a check that does
+        not answer in time counts as failed); it must be cheap and must not block the event loop."""
+
     async def close(self) -> None:
         """Release models and worker processes."""
