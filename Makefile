@@ -11,13 +11,15 @@ LLAMA_CPP   := llama-cpp-python==0.3.36
 STAMP       := $(VENV)/.installed
 PROTOS      := $(shell find protos -name '*.proto')
 
-.PHONY: install proto lint format test test-unit test-integration demo up down status bench clean help
+.PHONY: install proto lint format test test-unit test-integration fuzz demo up down status bench load clean help
 
 help:
 	@echo "make demo     set up (first run: ~15 min) and run a spoken conversation on CPU"
 	@echo "make test     set up and run unit + integration tests"
+	@echo "make fuzz     property-based fuzzing of every RPC, 12,000 new cases (make test runs 1,200 fixed ones)"
 	@echo "make up/down  start/stop the four services as local processes (ports 50051-50054)"
 	@echo "make bench    time to first audio: pipelined gateway vs sequential reference flow"
+	@echo "make load     load benchmark: 200 concurrent streams, synthetic engines (LOAD_ARGS=\"--streams 50 --soak 30\")"
 	@echo "make proto    regenerate Python stubs;  make lint: ruff + buf lint"
 
 install: $(STAMP)
@@ -69,6 +71,10 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
 
+# STEPAUDIO_FUZZ_EXAMPLES: cases over the whole fuzz suite (tests/unit/test_fuzz.py), drawn afresh on each run.
+fuzz: $(STAMP)
+	STEPAUDIO_FUZZ_EXAMPLES=$${STEPAUDIO_FUZZ_EXAMPLES:-12000} $(PY) -m pytest -q tests/unit/test_fuzz.py
+
 demo: $(STAMP)
 	$(PY) -m tools.demo
 
@@ -87,6 +93,11 @@ bench: $(STAMP)
 	.venv-vllm/bin/python -m tools.bench_chat_vllm
 	$(PY) -m tools.bench_voices
 	$(PY) -m tools.bench
+
+# Load benchmark of the serving stack with synthetic engines (tools/load.py; flags: LOAD_ARGS="--streams 50 --soak 30").
+LOAD_ARGS ?=
+load: $(STAMP)
+	$(PY) -m tools.load $(LOAD_ARGS)
 
 clean:
 	rm -rf gen .run demo-output bench-output .pytest_cache

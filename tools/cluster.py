@@ -47,6 +47,7 @@ class ServiceProcess:
     log_file: Path
     grpc_port: int = 0
     metrics_port: int = 0
+    extra_args: list[str] = field(default_factory=list)
 
     @property
     def address(self) -> str:
@@ -81,12 +82,12 @@ class LocalCluster:
     service_env: dict[str, dict[str, str]] = field(default_factory=dict)
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
-    def _spawn(self, name: str, extra_args: list[str]) -> ServiceProcess:
+    def _spawn(self, name: str, extra_args: list[str], ports: tuple[int, int] | None = None) -> ServiceProcess:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         port_file = self.run_dir / f"{name}.ports"
         port_file.unlink(missing_ok=True)
         log_file = self.run_dir / f"{name}.log"
-        grpc_port, metrics_port = DEFAULT_PORTS[name] if self.fixed_ports else (0, 0)
+        grpc_port, metrics_port = ports or (DEFAULT_PORTS[name] if self.fixed_ports else (0, 0))
         args = [
             self.python.get(name, sys.executable), "-m", f"services.{name}",
             "--port", str(grpc_port), "--metrics-port", str(metrics_port), "--port-file", str(port_file),
@@ -99,7 +100,7 @@ class LocalCluster:
             process = subprocess.Popen(
                 args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.detached
             )
-        service = ServiceProcess(name, process, port_file, log_file)
+        service = ServiceProcess(name, process, port_file, log_file, extra_args=extra_args)
         self.services[name] = service
         return service
 
@@ -144,6 +145,15 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+        return service
+
+    def restart(self, name: str, timeout: float = 120.0) -> ServiceProcess:
+        """Start service ``name`` again on the ports it had (after it died or was killed); wait until SERVING."""
+        old = self.services[name]
+        if old.process.poll() is None:
+            raise RuntimeError(f"{name} is still running (pid {old.process.pid})")
+        service = self._spawn(name, old.extra_args, ports=(old.grpc_port, old.metrics_port))
+        self._wait_ready(service, time.monotonic() + timeout)
         return service
 
     @property

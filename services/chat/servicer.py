@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -18,8 +19,10 @@ _FINISH = {"stop": chat_pb2.FINISH_REASON_STOP, "length": chat_pb2.FINISH_REASON
 
 
 def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False) -> float:
+    bracket = "(" if low_open else "["
+    if not math.isfinite(value):  # NaN compares false both ways and would slip through the range check
+        raise InvalidArgument(f"sampling.{name} is {value}: send a finite number in {bracket}{low:g}, {high:g}]")
     if (value <= low if low_open else value < low) or value > high:
-        bracket = "(" if low_open else "["
         raise InvalidArgument(f"sampling.{name} {value:g} is out of range {bracket}{low:g}, {high:g}]")
     return value
 

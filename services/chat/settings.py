@@ -13,8 +13,9 @@ class ChatSettings(ServiceSettings):
 
     engine: str = Field(
         "embedded",
-        description="Engine to load: 'embedded' (a Qwen2.5 GGUF on llama.cpp, CPU) or 'vllm' (Step-Audio-Chat on "
-        "vLLM, GPU; needs .venv-vllm, see docs/chat.md).",
+        description="Engine to load: 'embedded' (a Qwen2.5 GGUF on llama.cpp, CPU), 'vllm' (Step-Audio-Chat on "
+        "vLLM, GPU; needs .venv-vllm, see docs/chat.md) or 'synthetic' (no model: a made-up reply at a set pace; "
+        "docs/synthetic.md).",
     )
     embedded_model: str = Field(
         "qwen2.5-1.5b",
@@ -77,4 +78,19 @@ class ChatSettings(ServiceSettings):
     )
     vllm_repetition_penalty: float = Field(
         1.0, ge=0.5, le=2, description="vllm engine: default repetition penalty (reference: none, 1.0)."
+    )
+    # --- synthetic engine (docs/synthetic.md): a made-up reply at a set pace, for load and fault tests ----------------
+    synthetic_tokens_per_second: float = Field(
+        50.0, gt=0, description="synthetic: reply tokens (words) streamed per second, after the first."
+    )
+    synthetic_first_token_seconds: float = Field(
+        0.05, ge=0, description="synthetic: delay before the first reply token (time to first token), in seconds."
+    )
+    synthetic_reply_words: int = Field(
+        40, ge=1, le=4096, description="synthetic: words of a full reply (fewer when max_tokens or the context cut it)."
+    )
+    synthetic_fail_health_file: str = Field(
+        "",
+        description="synthetic: while this file exists the liveness check fails (the file holding 'fatal': "
+        "unrecoverable, the service exits). Empty: never fails. For fault tests.",
     )

@@ -5,6 +5,8 @@ before any work starts)."""
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 
 from stepaudio.common.v1 import speech_pb2
@@ -13,6 +15,9 @@ from services.common.errors import InvalidArgument
 
 EMOTIONS = ("happy", "angry", "sad", "coquettish")
 STYLES = ("rap", "humming")
+# A BCP-47 tag, or the dialect spellings Step-Audio's tags accept ("zh_sichuan"); which tags a voice honours is the
+# engine's call (services/tts/tags.py).
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8}){0,7}")
 
 
 @dataclass(frozen=True)
@@ -59,12 +64,13 @@ def controls_from_message(message: speech_pb2.VoiceControls) -> Controls:
         raise InvalidArgument(f"controls.emotion {message.emotion} is not a known Emotion value")
     if message.style and message.style not in _STYLES:
         raise InvalidArgument(f"controls.style {message.style} is not a known SpeechStyle value")
-    speed = message.speed or 1.0
-    if not 0.5 <= speed <= 2.0:
-        raise InvalidArgument(f"controls.speed {speed:g} is out of range: use 0.5..2.0 (0 means 1.0)")
-    volume = message.volume or 1.0
-    if not 0.1 <= volume <= 2.0:
-        raise InvalidArgument(f"controls.volume {volume:g} is out of range: use 0.1..2.0 (0 means 1.0)")
+    if message.language and not _LANGUAGE_TAG.fullmatch(message.language):
+        raise InvalidArgument(
+            f"controls.language {message.language[:40]!r} is not a language tag: use a BCP-47 tag such as "
+            "'zh', 'en' or 'zh-sichuan' (empty: the voice's own)"
+        )
+    speed = _multiplier("speed", message.speed, 0.5, 2.0)
+    volume = _multiplier("volume", message.volume, 0.1, 2.0)
     return Controls(
         emotion=_EMOTIONS.get(message.emotion),
         language=message.language,
@@ -72,3 +78,13 @@ def controls_from_message(message: speech_pb2.VoiceControls) -> Controls:
         speed=speed,
         volume=volume,
     )
+
+
+def _multiplier(name: str, value: float, low: float, high: float) -> float:
+    """A speed/volume multiplier: 0 (unset) means 1.0; NaN, infinities and values outside [low, high] are refused."""
+    if not math.isfinite(value):
+        raise InvalidArgument(f"controls.{name} is {value}: use a number in {low:g}..{high:g} (0 means 1.0)")
+    value = value or 1.0
+    if not low <= value <= high:
+        raise InvalidArgument(f"controls.{name} {value:g} is out of range: use {low:g}..{high:g} (0 means 1.0)")
+    return value

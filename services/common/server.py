@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -17,7 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-from services.common.errors import status_for
+from services.common.errors import InvalidArgument, status_for
+from services.common.health_monitor import HealthMonitor, HealthPolicy, watch_loop_lag
 from services.common.logs import configure_logging, request_id_var
 from services.common.settings import ServiceSettings
 
@@ -35,6 +37,19 @@ RPC_SECONDS = Histogram(
 )
 
 
+# Status details travel in a trailer, where grpc percent-encodes every byte outside printable ASCII (×3); a trailer
+# over the client's metadata limit (8 KiB by default) reaches it as INTERNAL instead of the status sent.
+MAX_STATUS_DETAIL_BYTES = 2000
+
+
+def bounded_details(message: str) -> str:
+    """``message`` cut to at most MAX_STATUS_DETAIL_BYTES of UTF-8 (messages may echo what a caller sent)."""
+    encoded = message.encode("utf-8")
+    if len(encoded) <= MAX_STATUS_DETAIL_BYTES:
+        return message
+    return encoded[: MAX_STATUS_DETAIL_BYTES - 20].decode("utf-8", "ignore") + "… (truncated)"
+
+
 class _RpcScope:
     """Per-call bookkeeping shared by the four handler shapes (an async context manager around
     the handler): request id, in-flight gauge, status mapping, counters, duration."""
@@ -46,6 +61,10 @@ class _RpcScope:
         self.request_id = incoming.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
+        # Why a request message could not be decoded, once one could not: the call then ends INVALID_ARGUMENT
+        # whatever the handler made of it (the gateway, for one, forwards its request stream to a stage, where
+        # grpc swallows the error and cancels that call).
+        self.undecodable: str | None = None
 
     async def __aenter__(self) -> _RpcScope:
         RPC_IN_FLIGHT.labels(self.method).inc()
@@ -61,20 +80,23 @@ class _RpcScope:
         try:
             if isinstance(error, asyncio.CancelledError):
                 self.code = grpc.StatusCode.CANCELLED
-            elif isinstance(error, Exception) and not isinstance(error, grpc.aio.AbortError):
-                await self._fail(error)  # aborts the RPC with the mapped status (raises AbortError)
+            elif isinstance(error, grpc.aio.AbortError):
+                pass
+            elif self.undecodable is not None:
+                await self._abort(grpc.StatusCode.INVALID_ARGUMENT, self.undecodable)
+            elif isinstance(error, Exception):
+                await self._abort(*status_for(error), error)
         finally:
             self._end()
         return False
 
-    async def _fail(self, error: Exception) -> None:
-        code, message = status_for(error)
+    async def _abort(self, code: grpc.StatusCode, message: str, error: BaseException | None = None) -> None:
         self.code = code
         if code == grpc.StatusCode.INTERNAL:
             log.error("rpc failed", extra={"method": self.method}, exc_info=error)
         else:
             log.info("rpc rejected", extra={"method": self.method, "code": code.name, "detail": message})
-        await self.context.abort(code, message)
+        await self.context.abort(code, bounded_details(message))  # raises AbortError
 
     def _end(self) -> None:
         code = self.context.code()
@@ -85,9 +107,54 @@ class _RpcScope:
         RPC_SECONDS.labels(self.method).observe(time.perf_counter() - self.started)
 
 
+class _RequestDecoder:
+    """Deserialises request messages inside the RPC scope. Left to grpc, a message that does not parse (malformed
+    protobuf, invalid UTF-8 in a string field) would be answered UNKNOWN with an exception's class name."""
+
+    def __init__(self, deserialize: Callable[[bytes], object] | None) -> None:
+        self._deserialize = deserialize
+        descriptor = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+        self.type_name = descriptor.full_name if descriptor is not None else "the request message"
+
+    def one(self, raw: bytes, scope: _RpcScope, what: str = "request") -> object:
+        if self._deserialize is None:
+            return raw
+        try:
+            return self._deserialize(raw)
+        except Exception:
+            scope.undecodable = (
+                f"{what} could not be decoded as {self.type_name}: it is not a valid protobuf encoding of that "
+                "message (truncated or corrupt bytes, a field of the wrong type, or a string field that is not "
+                "UTF-8); build requests with stubs generated from the stepaudio protos"
+            )
+            raise InvalidArgument(scope.undecodable) from None
+
+    def stream(self, raw: AsyncIterator[bytes], scope: _RpcScope) -> AsyncIterator[object]:
+        return _DecodedStream(raw, self, scope)
+
+
+class _DecodedStream:
+    """A request stream whose messages are decoded as they are read (see ``_RequestDecoder``)."""
+
+    def __init__(self, raw: AsyncIterator[bytes], decoder: _RequestDecoder, scope: _RpcScope) -> None:
+        self._raw = aiter(raw)
+        self._decoder = decoder
+        self._scope = scope
+        self._index = 0
+
+    def __aiter__(self) -> _DecodedStream:
+        return self
+
+    async def __anext__(self) -> object:
+        raw = await anext(self._raw)
+        self._index += 1
+        return self._decoder.one(raw, self._scope, f"request message {self._index} of the stream")
+
+
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """The one place where domain errors become status codes, and where request ids, RPC
-    metrics and access logs are handled, for every handler shape."""
+    metrics and access logs are handled, for every handler shape. Requests reach it undecoded
+    (see ``_RequestDecoder``); health and reflection pass through untouched."""
 
     async def intercept_service(
         self,
@@ -98,35 +165,38 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or details.method.startswith(("/grpc.health", "/grpc.reflection")):
             return handler
         method = details.method.rsplit("/", 1)[-1]
+        decoder = _RequestDecoder(handler.request_deserializer)
+        serialize = handler.response_serializer
         if handler.request_streaming and handler.response_streaming:
             return grpc.stream_stream_rpc_method_handler(
-                _streaming(handler.stream_stream, method), handler.request_deserializer, handler.response_serializer
+                _streaming(handler.stream_stream, method, decoder.stream), None, serialize
             )
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, method), handler.request_deserializer, handler.response_serializer
+                _streaming(handler.unary_stream, method, decoder.one), None, serialize
             )
         if handler.request_streaming:
             return grpc.stream_unary_rpc_method_handler(
-                _unary(handler.stream_unary, method), handler.request_deserializer, handler.response_serializer
+                _unary(handler.stream_unary, method, decoder.stream), None, serialize
             )
-        return grpc.unary_unary_rpc_method_handler(
-            _unary(handler.unary_unary, method), handler.request_deserializer, handler.response_serializer
-        )
+        return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method, decoder.one), None, serialize)
 
 
-def _unary(behaviour: Callable, method: str) -> Callable:
-    async def wrapped(request: object, context: grpc.aio.ServicerContext) -> object:
-        async with _RpcScope(method, context):
-            return await behaviour(request, context)
+Decode = Callable[[object, _RpcScope], object]
+
+
+def _unary(behaviour: Callable, method: str, decode: Decode) -> Callable:
+    async def wrapped(raw: object, context: grpc.aio.ServicerContext) -> object:
+        async with _RpcScope(method, context) as scope:
+            return await behaviour(decode(raw, scope), context)
 
     return wrapped
 
 
-def _streaming(behaviour: Callable, method: str) -> Callable:
-    async def wrapped(request: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
-        async with _RpcScope(method, context):
-            async for response in behaviour(request, context):
+def _streaming(behaviour: Callable, method: str, decode: Decode) -> Callable:
+    async def wrapped(raw: object, context: grpc.aio.ServicerContext) -> AsyncIterator[object]:
+        async with _RpcScope(method, context) as scope:
+            async for response in behaviour(decode(raw, scope), context):
                 yield response
 
     return wrapped
@@ -144,6 +214,9 @@ class ServiceDefinition:
     register: Registrar
     service_names: Sequence[str]
     on_shutdown: Callable[[], Awaitable[None]] | None = None
+    # The engine's liveness check (``check_health`` of the engine interfaces); None: health follows only start-up
+    # and shutdown (the gateway, which has no engine of its own).
+    health_check: Callable[[], Awaitable[None]] | None = None
     health_servicer: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
 
 
@@ -181,9 +254,10 @@ async def set_serving(definition: ServiceDefinition, serving: bool) -> None:
         await definition.health_servicer.set(name, status)
 
 
-async def serve(definition: ServiceDefinition) -> None:
-    """Run the service until SIGTERM/SIGINT, then shut down gracefully:
-    health NOT_SERVING → stop accepting and drain in-flight RPCs (grace period) → engine close."""
+async def serve(definition: ServiceDefinition) -> int:
+    """Run the service until SIGTERM/SIGINT, or until the health monitor finds the engine beyond repair, then
+    shut down gracefully: health NOT_SERVING → stop accepting and drain in-flight RPCs (grace period) → engine
+    close. Returns the process exit code: 0 after a signal, 1 after an engine failure."""
     settings = definition.settings
     metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host)
     metrics_port = metrics_server.server_port
@@ -195,10 +269,34 @@ async def serve(definition: ServiceDefinition) -> None:
     log.info("serving", extra={"grpc_port": port, "metrics_port": metrics_port, "service": definition.name})
 
     stop = asyncio.Event()
+    exit_code = 0
+
+    def engine_failed(reason: str) -> None:
+        nonlocal exit_code
+        log.critical("engine cannot recover: stopping so that the service is restarted", extra={"detail": reason})
+        exit_code = 1
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watchers = [asyncio.create_task(watch_loop_lag())]
+    if definition.health_check is not None:
+        monitor = HealthMonitor(
+            definition.health_check,
+            lambda serving: set_serving(definition, serving),
+            engine_failed,
+            HealthPolicy(
+                settings.health_check_interval_seconds,
+                settings.health_check_timeout_seconds,
+                settings.unhealthy_exit_seconds,
+            ),
+        )
+        watchers.append(asyncio.create_task(monitor.run()))
     await stop.wait()
+    for watcher in watchers:
+        watcher.cancel()
+    await asyncio.gather(*watchers, return_exceptions=True)
 
     log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace_seconds})
     await definition.health_servicer.enter_graceful_shutdown()
@@ -206,17 +304,18 @@ async def serve(definition: ServiceDefinition) -> None:
     if definition.on_shutdown is not None:
         await definition.on_shutdown()
     metrics_server.shutdown()
-    log.info("stopped")
+    log.info("stopped", extra={"exit_code": exit_code})
+    return exit_code
 
 
 def run_service(build: Callable[[Sequence[str] | None], Awaitable[ServiceDefinition]], argv: Sequence[str]) -> None:
     """Entry point helper for ``python -m services.<name>``."""
 
-    async def main() -> None:
+    async def main() -> int:
         definition = await build(argv)
-        await serve(definition)
+        return await serve(definition)
 
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))
 
 
 async def compose_stage(
@@ -238,4 +337,5 @@ async def compose_stage(
         register=lambda server: add_to_server(servicer, server),
         service_names=[service_name],
         on_shutdown=engine.close,  # type: ignore[attr-defined]
+        health_check=engine.check_health,  # type: ignore[attr-defined]
     )

@@ -29,6 +29,24 @@ class ServiceSettings(BaseSettings):
     max_concurrent_rpcs: int = Field(
         64, ge=1, description="RPCs served at once; beyond this new calls get RESOURCE_EXHAUSTED."
     )
+    health_check_interval_seconds: float = Field(
+        2.0, gt=0, description="Seconds between liveness checks of the engine (drives grpc.health.v1)."
+    )
+    health_check_timeout_seconds: float = Field(
+        5.0, gt=0, description="A liveness check that takes longer than this counts as failed (a hung engine)."
+    )
+    unhealthy_exit_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Exit with code 1 once the engine has failed its checks this long (0: stay up NOT_SERVING); "
+        "an engine that cannot recover (vLLM engine core dead) exits at once.",
+    )
+    engine_stall_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="An engine with work in hand and no progress (no token, frame or sentence) for this long is "
+        "hung: the service turns NOT_SERVING and exits (stages only).",
+    )
     port_file: str = Field(
         "", description="If set, write 'grpc_port metrics_port' to this file once serving (tests, supervisors)."
     )

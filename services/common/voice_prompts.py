@@ -9,7 +9,7 @@ import re
 import numpy as np
 import soundfile
 
-from services.common.audio import DeclaredFormat, decode_pcm16, to_wav_bytes
+from services.common.audio import DeclaredFormat, check_sample_rate, decode_pcm16, to_wav_bytes
 from services.common.errors import InvalidArgument
 
 # Prompt validation (cloned voices). The reference takes any prompt; these bounds keep prompts
@@ -25,7 +25,10 @@ MAX_TRANSCRIPT_CHARS = 500
 MAX_DISPLAY_NAME_CHARS = 100
 AUDIO_TOKEN_BASE = 65536
 AUDIO_TOKEN_COUNT = 5120  # vq02 1024 + vq06 4096
-VOICE_ID_PATTERN = re.compile(r"^[^\W_][\w-]{0,63}$")
+# ASCII only: the id names the prompt's file (a 64-character id of 4-byte UTF-8 letters would exceed a file name's
+# 255 bytes), and Unicode ids that look the same can differ (NFC vs NFD). Used with fullmatch: "$" would accept "x\n".
+VOICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+MAX_LANGUAGE_CODES = 16
 
 
 def decode_prompt_wav(wav: bytes) -> tuple[np.ndarray, int]:
@@ -76,9 +79,9 @@ def check_fields(
     prompt_tokens: tuple[int, ...],
     language_codes: tuple[str, ...],
 ) -> None:
-    if not VOICE_ID_PATTERN.match(voice_id or ""):
+    if not VOICE_ID_PATTERN.fullmatch(voice_id or ""):
         raise InvalidArgument(
-            f"voice_id {voice_id!r} is not valid: use 1-64 letters, digits, '_' or '-', starting "
+            f"voice_id {voice_id[:80]!r} is not valid: use 1-64 ASCII letters, digits, '_' or '-', starting "
             "with a letter or digit (e.g. 'yuqian' or 'alice-2')"
         )
     if len(display_name) > MAX_DISPLAY_NAME_CHARS:
@@ -96,9 +99,11 @@ def check_fields(
                 f"prompt token {token} is not a Step-Audio audio token "
                 f"({AUDIO_TOKEN_BASE}..{AUDIO_TOKEN_BASE + AUDIO_TOKEN_COUNT - 1})"
             )
+    if len(language_codes) > MAX_LANGUAGE_CODES:
+        raise InvalidArgument(f"{len(language_codes)} language codes is over the limit of {MAX_LANGUAGE_CODES}")
     for code in language_codes:
-        if not re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*", code):
-            raise InvalidArgument(f"language code {code!r} is not a BCP-47 tag (e.g. 'zh', 'en-US')")
+        if not re.fullmatch(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,7}", code):
+            raise InvalidArgument(f"language code {code[:40]!r} is not a BCP-47 tag (e.g. 'zh', 'en-US')")
 
 
 def prompt_wav_from(content: bytes, declared: DeclaredFormat) -> bytes:
@@ -107,6 +112,7 @@ def prompt_wav_from(content: bytes, declared: DeclaredFormat) -> bytes:
     if declared.encoding == "pcm16":
         if not declared.sample_rate_hz:
             raise InvalidArgument("PCM16 prompt audio needs format.sample_rate_hz (or send a WAV file)")
+        check_sample_rate(declared.sample_rate_hz, "format.sample_rate_hz")
         return to_wav_bytes(decode_pcm16(content, declared.sample_rate_hz, declared.channels), declared.sample_rate_hz)
     return content
 

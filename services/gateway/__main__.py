@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,13 +24,21 @@ async def build(argv: Sequence[str] | None) -> ServiceDefinition:
     settings = load_settings(GatewaySettings, argv)
     configure_logging("gateway", settings.log_level)
     stages = Stages(settings)
-    servicer = GatewayServicer(stages, SessionStore(Path(settings.sessions_dir), settings.max_sessions), settings)
+    sessions = SessionStore(Path(settings.sessions_dir), settings.max_sessions, settings.session_ttl_seconds)
+    sweeper = asyncio.create_task(sessions.sweep_forever(settings.session_sweep_seconds))
+    servicer = GatewayServicer(stages, sessions, settings)
+
+    async def shut_down() -> None:
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+        await stages.close()
+
     return ServiceDefinition(
         name="gateway",
         settings=settings,
         register=lambda server: gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server),
         service_names=[SERVICE_NAME],
-        on_shutdown=stages.close,
+        on_shutdown=shut_down,
     )
 
 

@@ -17,8 +17,10 @@ from stepaudio.common.v1 import speech_pb2
 from stepaudio.gateway.v1 import gateway_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2
 
-from services.common.errors import InvalidArgument
+from services.common.errors import DeadlineExceeded, InvalidArgument
+from services.gateway.events import EventQueue
 from services.gateway.sessions import Session, SessionStore, Turn
+from services.gateway.settings import GatewaySettings
 from services.gateway.turns import DONE, ReplyOptions, TurnRunner, TurnState, finish_into
 
 
@@ -27,6 +29,7 @@ class Conversation:
         self,
         turns: TurnRunner,
         sessions: SessionStore,
+        settings: GatewaySettings,
         config: gateway_pb2.StreamingChatConfig,
         options: ReplyOptions,
         session: Session | None,
@@ -34,12 +37,13 @@ class Conversation:
     ) -> None:
         self._turns = turns
         self._sessions = sessions
+        self._settings = settings
         self._config = config
         self._options = options
         self._persistent = session is not None
         self._session = session or Session(session_id="", system_prompt=config.system_prompt)
         self._context = context
-        self._events: asyncio.Queue[object] = asyncio.Queue()
+        self._events = EventQueue(settings.max_buffered_events)
         self._reply_task: asyncio.Task | None = None
         self._speech_ended_at = 0.0
         self._played_seconds: float | None = None  # None: the client sends no playback reports
@@ -50,29 +54,41 @@ class Conversation:
         driver = asyncio.create_task(finish_into(self._events, lambda: self._drive(requests)))
         try:
             while (event := await self._events.get()) is not DONE:
-                if isinstance(event, BaseException):
-                    raise event
                 yield event  # type: ignore[misc]
         finally:
+            self._events.close()  # first: a reply being cancelled now must not wait for room in the queue
             for task in (driver, self._reply_task):
                 if task is not None:
                     task.cancel()
             await asyncio.gather(*(t for t in (driver, self._reply_task) if t), return_exceptions=True)
 
-    def _emit(self, **event: object) -> None:
-        self._events.put_nowait(gateway_pb2.StreamingChatResponse(**event))
+    async def _emit(self, **event: object) -> None:
+        await self._events.put(gateway_pb2.StreamingChatResponse(**event))
 
     async def _drive(self, requests: AsyncIterator[gateway_pb2.StreamingChatRequest]) -> None:
-        call = self._turns.stages.tokenizer.StreamingTokenize(
-            self._tokenizer_requests(requests),
-            timeout=self._turns.timeout(self._context),
-            metadata=self._turns.metadata(),
+        """The tokenizer stream lives as long as the conversation: the client's deadline, else
+        ``max_stream_seconds`` (each reply's chat and tts calls have their own)."""
+        limit = self._turns.timeout(self._context, default=self._settings.max_stream_seconds)
+        call = self._turns.stages.tokenizer.stream(
+            "StreamingTokenize", self._tokenizer_requests(requests), limit, self._turns.metadata()
         )
+        try:
+            await self._listen(call)
+        except DeadlineExceeded:
+            if self._context.time_remaining() is None:
+                raise DeadlineExceeded(
+                    f"the conversation reached its limit of {limit:g} s (GATEWAY_MAX_STREAM_SECONDS): "
+                    "start a new stream"
+                ) from None
+            raise
+        await self._finish_reply()
+
+    async def _listen(self, call: AsyncIterator[tokenizer_pb2.StreamingTokenizeResponse]) -> None:
         async for response in call:
             kind = response.WhichOneof("result")
             if kind == "speech_event":
                 started = response.speech_event.type == tokenizer_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED
-                self._emit(
+                await self._emit(
                     user_speech=gateway_pb2.UserSpeech(
                         started=started, offset_seconds=response.speech_event.offset_seconds
                     )
@@ -85,7 +101,6 @@ class Conversation:
                 await self._finish_reply()
                 self._reply_task = asyncio.create_task(self._reply(response.transcript))
                 self._reply_task.add_done_callback(self._report_failure)
-        await self._finish_reply()
 
     async def _tokenizer_requests(
         self, requests: AsyncIterator[gateway_pb2.StreamingChatRequest]
@@ -95,19 +110,21 @@ class Conversation:
                 format=self._config.input_format, emit_transcript=True, language=self._config.language
             )
         )
-        async for message in requests:
-            kind = message.WhichOneof("request")
-            if kind == "audio_content":
-                yield tokenizer_pb2.StreamingTokenizeRequest(audio_content=message.audio_content)
-            elif kind == "playback":
-                self._played_seconds = message.playback.played_seconds
-            else:
-                self._events.put_nowait(InvalidArgument("a stream takes one config, first; then audio or playback"))
-                return
+        try:
+            async for message in requests:
+                kind = message.WhichOneof("request")
+                if kind == "audio_content":
+                    yield tokenizer_pb2.StreamingTokenizeRequest(audio_content=message.audio_content)
+                elif kind == "playback":
+                    self._played_seconds = message.playback.played_seconds
+                else:
+                    raise InvalidArgument("a stream takes one config, first; then audio or playback")
+        except Exception as error:  # raised here, grpc would only cancel the tokenizer call: report it instead
+            self._events.fail(error)
 
     def _report_failure(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
-            self._events.put_nowait(task.exception())
+            self._events.fail(task.exception())
 
     async def _finish_reply(self) -> None:
         """Replies are sequential: wait for the one in flight (barge-in disabled, or stream end)."""
@@ -124,27 +141,31 @@ class Conversation:
     async def _reply(self, transcript: speech_pb2.Transcript) -> None:
         state = TurnState(started=self._speech_ended_at or time.perf_counter())
         self._played_seconds = None if self._played_seconds is None else 0.0
-        self._emit(user_transcript=transcript)
+        await self._emit(user_transcript=transcript)
         user_text = transcript.text.strip()
-        messages = self._turns.prompt(self._session, self._config.system_prompt, user_text)
+        messages = await self._turns.prompt(
+            self._session, self._config.system_prompt, user_text, self._options, self._context
+        )
         try:
             async for event in self._turns.reply(messages, self._options, state, self._context):
                 kind = event.WhichOneof("event")
-                self._emit(**{kind: getattr(event, kind)})
+                await self._emit(**{kind: getattr(event, kind)})
         except asyncio.CancelledError:
             heard = state.audio_seconds if self._played_seconds is None else self._played_seconds
             kept = state.text_played_by(heard)
-            self._emit(interrupted=gateway_pb2.ReplyInterrupted(kept_text=kept, sent_audio_seconds=state.audio_seconds))
             await self._remember(user_text, kept)
+            interrupted = gateway_pb2.ReplyInterrupted(kept_text=kept, sent_audio_seconds=state.audio_seconds)
+            await self._emit(interrupted=interrupted)
             raise
         await self._remember(user_text, state.reply_text)
-        self._emit(summary=self._turns.summary(state, user_text, self._session.session_id))
+        await self._emit(summary=self._turns.summary(state, user_text, self._session.session_id))
 
     async def _remember(self, user_text: str, reply_text: str) -> None:
         turns = [Turn("user", user_text)] + ([Turn("assistant", reply_text)] if reply_text else [])
-        self._session.history += turns
+        keep = self._settings.max_stored_turns
+        self._session.add(turns, keep)
         if self._persistent:
             async with self._sessions.lock(self._session.session_id):
                 stored = await self._sessions.get(self._session.session_id)
-                stored.history += turns
+                stored.add(turns, keep)
                 await self._sessions.save(stored)

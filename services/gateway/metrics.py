@@ -36,3 +36,7 @@ INTER_CHUNK_GAP = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
 )
 ACTIVE_TURNS = Gauge("stepaudio_gateway_active_turns", "Chat turns in progress.")
+BUFFERED_EVENTS = Gauge(
+    "stepaudio_gateway_buffered_events",
+    "Reply events (text deltas, audio chunks) produced by the stages and waiting for clients to read them.",
+)

@@ -24,7 +24,7 @@ from services.gateway import metrics
 from services.gateway.conversation import Conversation
 from services.gateway.sessions import Session, SessionStore, Turn
 from services.gateway.settings import GatewaySettings
-from services.gateway.stages import Stages
+from services.gateway.stages import Stages, begin_call
 from services.gateway.turns import ReplyOptions, TurnRunner, TurnState
 
 _SPEAKERS = {"user": gateway_pb2.SPEAKER_USER, "assistant": gateway_pb2.SPEAKER_ASSISTANT}
@@ -58,6 +58,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if options.sample_rate_hz:
             check_sample_rate(options.sample_rate_hz)
 
+    def _check_system_prompt(self, system_prompt: str, field: str) -> None:
+        length, limit = len(system_prompt.strip()), self._settings.max_text_chars
+        if length > limit:
+            raise InvalidArgument(f"{field} is {length} characters; the limit is {limit}")
+
     @contextmanager
     def _admitted(self) -> Iterator[None]:
         """Admission control: at most ``max_active_turns`` Chat/StreamingChat calls at once."""
@@ -89,12 +94,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             await run_blocking(self._check_audio, request.input.audio)
         if len(text) > self._settings.max_text_chars:
             raise InvalidArgument(f"input.text is {len(text)} characters; the limit is {self._settings.max_text_chars}")
+        self._check_system_prompt(request.system_prompt, "system_prompt")
         options = ReplyOptions(
             request.voice_id, request.controls, request.sampling, request.sample_rate_hz, request.text_only
         )
         self._check_reply_options(options)
 
         with self._admitted():
+            begin_call()
             session = await self._sessions.get(request.session_id) if request.session_id else None
             if session and not options.voice_id:
                 options = replace(options, voice_id=session.voice_id)
@@ -125,11 +132,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 # later turns); audio heard only as tokens, without a transcript, is not carried into later turns.
                 user_text = "\n".join(part for part in (text, user_transcript.strip()) if part)
                 prompt_text = text if audio_tokens else user_text
-                messages = self._turns.prompt(session, request.system_prompt, prompt_text, audio_tokens)
+                messages = await self._turns.prompt(
+                    session, request.system_prompt, prompt_text, options, context, audio_tokens
+                )
                 async for event in self._turns.reply(messages, options, state, context):
                     yield event
                 if session:
-                    session.history += [Turn("user", user_text), Turn("assistant", state.reply_text)]
+                    turns = [Turn("user", user_text), Turn("assistant", state.reply_text)]
+                    session.add(turns, self._settings.max_stored_turns)
                     await self._sessions.save(session)
                 yield gateway_pb2.ChatResponse(summary=self._turns.summary(state, user_transcript, request.session_id))
 
@@ -140,14 +150,16 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         if first is None or first.WhichOneof("request") != "config":
             raise InvalidArgument("the first message of a stream must be a config")
         config = first.config
+        self._check_system_prompt(config.system_prompt, "config.system_prompt")
         options = ReplyOptions(config.voice_id, config.controls, config.sampling, config.sample_rate_hz)
         self._check_reply_options(options)
         with self._admitted():
+            begin_call()
             session = await self._sessions.get(config.session_id) if config.session_id else None
             if session and not options.voice_id:
                 options = replace(options, voice_id=session.voice_id)
             await self._turns.check_voice(options.voice_id, context)
-            conversation = Conversation(self._turns, self._sessions, config, options, session, context)
+            conversation = Conversation(self._turns, self._sessions, self._settings, config, options, session, context)
             async for event in conversation.run(request_iterator):
                 yield event
 
@@ -172,10 +184,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListVoices(
         self, request: gateway_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.ListVoicesResponse:
-        response = await self._stages.tts.ListVoices(
+        response = await self._stages.tts.unary(
+            "ListVoices",
             tts_pb2.ListVoicesRequest(language=request.language),
-            timeout=self._turns.timeout(context),
-            metadata=self._turns.metadata(),
+            self._turns.timeout(context),
+            self._turns.metadata(),
         )
         return gateway_pb2.ListVoicesResponse(voices=response.voices)
 
@@ -195,31 +208,35 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             request.transcript,
             tuple(request.language_codes),
         )
-        timeout, metadata = self._turns.timeout(context), self._turns.metadata()
-        known = await self._stages.tts.ListVoices(tts_pb2.ListVoicesRequest(), timeout=timeout, metadata=metadata)
+        metadata = self._turns.metadata()
+        known = await self._stages.tts.unary(
+            "ListVoices", tts_pb2.ListVoicesRequest(), self._turns.timeout(context), metadata
+        )
         taken = {voice.voice_id.casefold(): voice.voice_id for voice in known.voices}
         if request.voice_id.casefold() in taken:
             raise AlreadyExists(
                 f"voice id {request.voice_id!r} is taken ({taken[request.voice_id.casefold()]!r}): pick another "
                 "id or delete the cloned voice first"
             )
-        info = await self._stages.tokenizer.GetEngineInfo(
-            tokenizer_pb2.GetEngineInfoRequest(), timeout=self._turns.timeout(context), metadata=metadata
+        info = await self._stages.tokenizer.unary(
+            "GetEngineInfo", tokenizer_pb2.GetEngineInfoRequest(), self._turns.timeout(context), metadata
         )
         tokens: list[int] = []
         if info.supports_tokens:
-            response = await self._stages.tokenizer.Tokenize(
+            response = await self._stages.tokenizer.unary(
+                "Tokenize",
                 tokenizer_pb2.TokenizeRequest(
                     config=tokenizer_pb2.TokenizeConfig(emit_tokens=True, trim_silence=True),
                     audio=audio_pb2.Audio(
                         format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV), content=wav
                     ),
                 ),
-                timeout=self._turns.timeout(context),
-                metadata=metadata,
+                self._turns.timeout(context),
+                metadata,
             )
             tokens = list(response.tokens.token_ids)
-        registered = await self._stages.tts.RegisterVoice(
+        registered = await self._stages.tts.unary(
+            "RegisterVoice",
             tts_pb2.RegisterVoiceRequest(
                 voice_id=request.voice_id,
                 display_name=request.display_name,
@@ -228,8 +245,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 prompt_tokens=tokens,
                 language_codes=request.language_codes,
             ),
-            timeout=self._turns.timeout(context),
-            metadata=metadata,
+            self._turns.timeout(context),
+            metadata,
         )
         return gateway_pb2.RegisterVoiceResponse(voice=registered.voice, prompt_token_count=len(tokens))
 
@@ -238,10 +255,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.DeleteVoiceResponse:
         if not request.voice_id:
             raise InvalidArgument("voice_id is empty: name the cloned voice to delete")
-        await self._stages.tts.DeleteVoice(
+        await self._stages.tts.unary(
+            "DeleteVoice",
             tts_pb2.DeleteVoiceRequest(voice_id=request.voice_id),
-            timeout=self._turns.timeout(context),
-            metadata=self._turns.metadata(),
+            self._turns.timeout(context),
+            self._turns.metadata(),
         )
         return gateway_pb2.DeleteVoiceResponse()
 
@@ -251,9 +269,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.CreateSessionRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.CreateSessionResponse:
         await self._turns.check_voice(request.voice_id, context)
+        self._check_system_prompt(request.system_prompt, "system_prompt")
         system_prompt = request.system_prompt.strip() or self._settings.default_system_prompt
-        if len(system_prompt) > self._settings.max_text_chars:
-            raise InvalidArgument(f"system_prompt is over {self._settings.max_text_chars} characters")
         session = await self._sessions.create(system_prompt, request.voice_id)
         return gateway_pb2.CreateSessionResponse(session=_session_message(session))
 

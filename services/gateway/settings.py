@@ -17,12 +17,73 @@ class GatewaySettings(ServiceSettings):
     stage_timeout_seconds: float = Field(
         120.0, gt=0, description="Deadline of each stage call when the client set none, in seconds."
     )
+    stage_connect_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for a stage that cannot be reached (down or restarting) before the call gets "
+        "UNAVAILABLE naming it, in seconds. A stage lost while a call is being served fails that call at once.",
+    )
+    stage_reconnect_backoff_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="Longest pause between attempts to reconnect to a stage that went away, in seconds: a restarted "
+        "stage is used again within about this long.",
+    )
+    stage_keepalive_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="HTTP/2 keepalive ping interval on a stage connection that carries calls but no traffic, in "
+        "seconds, so a stage that vanished without closing it (host down, network cut, stopped process) is noticed. "
+        "Stages close connections that ping more often than they allow (gRPC's default: every 5 min). 0: no pings.",
+    )
+    stage_keepalive_timeout_seconds: float = Field(
+        20.0, gt=0, description="A stage connection whose keepalive ping is not answered this fast is closed."
+    )
+    max_stream_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest StreamingChat when the client sets no deadline, in seconds (the deadline of its "
+        "tokenizer stream); its per-reply chat and tts calls keep stage_timeout_seconds.",
+    )
+    max_buffered_events: int = Field(
+        32,
+        ge=1,
+        description="Reply events (text deltas, audio chunks) one call holds for a client that reads slower than "
+        "the stages produce; when full, the gateway stops reading the stage streams and gRPC flow control slows "
+        "the stages down. A StreamingChat holds at most twice this.",
+    )
     sessions_dir: str = Field(".sessions", description="Directory where sessions are stored (one JSON file each).")
     max_sessions: int = Field(
         10000, ge=1, description="Most sessions kept; CreateSession beyond it gets RESOURCE_EXHAUSTED."
     )
     max_history_turns: int = Field(
         16, ge=0, description="Most earlier turns (user + assistant pairs) sent to the chat model as context."
+    )
+    max_history_chars: int = Field(
+        8000, ge=0, description="Most characters of earlier turns sent to the chat model as context (newest kept)."
+    )
+    chars_per_token: float = Field(
+        1.0,
+        gt=0,
+        description="Characters per chat-model token assumed when fitting the history into the chat stage's "
+        "context window (its GetEngineInfo max_context_tokens): 1.0 is safe for Chinese, generous for English.",
+    )
+    reply_reserve_tokens: int = Field(
+        512,
+        ge=0,
+        description="Tokens of the chat context kept free for the reply when fitting the history, unless the "
+        "request's sampling.max_tokens says otherwise (the chat stage's default max_tokens).",
+    )
+    max_stored_turns: int = Field(
+        200, ge=2, description="Most turns a session keeps (user and assistant each count one); oldest dropped."
+    )
+    session_ttl_seconds: float = Field(
+        7 * 24 * 3600.0,
+        ge=0,
+        description="A session not used (no turn, no GetSession) for this long is deleted, in seconds; 0: never.",
+    )
+    session_sweep_seconds: float = Field(
+        600.0, gt=0, description="How often expired sessions are looked for and deleted, in seconds."
     )
     default_system_prompt: str = Field(
         "适配用户的语言，用简短口语化的文字回答。Answer in the user's language, briefly and conversationally.",

@@ -19,7 +19,9 @@ from services.common.errors import NotFound
 from services.common.logs import request_id_var
 from services.gateway import metrics
 from services.gateway.clauses import ClauseSplitter, looks_chinese
-from services.gateway.sessions import Session
+from services.gateway.events import EventQueue
+from services.gateway.history import HistoryBudget, estimate_tokens, fit_history
+from services.gateway.sessions import Session, Turn
 from services.gateway.settings import GatewaySettings
 from services.gateway.stages import Stages
 
@@ -84,10 +86,14 @@ class TurnRunner:
         self.stages = stages
         self._settings = settings
         self._audio_token_mode: AudioTokenMode | None = None
+        self._chat_info: chat_pb2.GetEngineInfoResponse | None = None
 
-    def timeout(self, context: grpc.aio.ServicerContext) -> float:
+    def timeout(self, context: grpc.aio.ServicerContext, default: float | None = None) -> float:
+        """The client's deadline, else ``default`` (a stage call's: ``stage_timeout_seconds``)."""
         remaining = context.time_remaining()
-        return self._settings.stage_timeout_seconds if remaining is None else max(remaining, 0.001)
+        if remaining is None:
+            return self._settings.stage_timeout_seconds if default is None else default
+        return max(remaining, 0.001)
 
     @staticmethod
     def metadata() -> tuple[tuple[str, str], ...]:
@@ -96,37 +102,76 @@ class TurnRunner:
     async def check_voice(self, voice_id: str, context: grpc.aio.ServicerContext) -> None:
         if not voice_id:
             return
-        voices = await self.stages.tts.ListVoices(tts_pb2.ListVoicesRequest(), timeout=self.timeout(context))
+        voices = await self.stages.tts.unary(
+            "ListVoices", tts_pb2.ListVoicesRequest(), self.timeout(context), self.metadata()
+        )
         known = [voice.voice_id for voice in voices.voices]
         if voice_id not in known:
             raise NotFound(f"unknown voice {voice_id!r}; available voices: {', '.join(known)}")
 
+    async def chat_info(self, context: grpc.aio.ServicerContext) -> chat_pb2.GetEngineInfoResponse:
+        """Asked of the chat stage once, then remembered: engines are fixed for a stage's life."""
+        if self._chat_info is None:
+            self._chat_info = await self.stages.chat.unary(
+                "GetEngineInfo", chat_pb2.GetEngineInfoRequest(), self.timeout(context), self.metadata()
+            )
+        return self._chat_info
+
     async def audio_token_mode(self, context: grpc.aio.ServicerContext) -> AudioTokenMode:
-        """Asked of both stages once (GetEngineInfo), then remembered: engines are fixed for a stage's life."""
+        """Asked of both stages once (GetEngineInfo), then remembered."""
         if self._audio_token_mode is None:
-            timeout = self.timeout(context)
             tokenizer, chat = await asyncio.gather(
-                self.stages.tokenizer.GetEngineInfo(tokenizer_pb2.GetEngineInfoRequest(), timeout=timeout),
-                self.stages.chat.GetEngineInfo(chat_pb2.GetEngineInfoRequest(), timeout=timeout),
+                self.stages.tokenizer.unary(
+                    "GetEngineInfo", tokenizer_pb2.GetEngineInfoRequest(), self.timeout(context), self.metadata()
+                ),
+                self.chat_info(context),
             )
             self._audio_token_mode = AudioTokenMode(
                 tokenizer.supports_tokens and chat.supports_audio_tokens, tokenizer.supports_transcript
             )
         return self._audio_token_mode
 
-    def prompt(
-        self, session: Session | None, system_prompt: str, user_text: str, audio_tokens: str = ""
+    async def prompt(
+        self,
+        session: Session | None,
+        system_prompt: str,
+        user_text: str,
+        options: ReplyOptions,
+        context: grpc.aio.ServicerContext,
+        audio_tokens: str = "",
     ) -> list[chat_pb2.ChatMessage]:
+        """System prompt, the earlier turns that fit (see ``history``), the user's turn."""
         system = (session.system_prompt if session else system_prompt) or self._settings.default_system_prompt
+        history: list[Turn] = []
+        if session:
+            budget = await self._history_budget(system, user_text, audio_tokens, options, context)
+            history = fit_history(session.history, budget)
         messages = [chat_pb2.ChatMessage(role=chat_pb2.ROLE_SYSTEM, text=system)]
-        if session and self._settings.max_history_turns:
-            for turn in session.history[-2 * self._settings.max_history_turns :]:
-                if not turn.text.strip():
-                    continue
-                role = chat_pb2.ROLE_USER if turn.speaker == "user" else chat_pb2.ROLE_ASSISTANT
-                messages.append(chat_pb2.ChatMessage(role=role, text=turn.text))
+        for turn in history:
+            role = chat_pb2.ROLE_USER if turn.speaker == "user" else chat_pb2.ROLE_ASSISTANT
+            messages.append(chat_pb2.ChatMessage(role=role, text=turn.text))
         messages.append(chat_pb2.ChatMessage(role=chat_pb2.ROLE_USER, text=user_text, audio_tokens=audio_tokens))
         return messages
+
+    async def _history_budget(
+        self,
+        system: str,
+        user_text: str,
+        audio_tokens: str,
+        options: ReplyOptions,
+        context: grpc.aio.ServicerContext,
+    ) -> HistoryBudget:
+        settings = self._settings
+        window = (await self.chat_info(context)).max_context_tokens
+        left: int | None = None
+        if window:
+            sampling = options.sampling
+            reply = max(sampling.max_tokens, 0) if sampling.HasField("max_tokens") else settings.reply_reserve_tokens
+            this_turn = estimate_tokens(system, settings.chars_per_token) + estimate_tokens(
+                user_text, settings.chars_per_token, audio_tokens
+            )
+            left = max(window - reply - this_turn, 0)
+        return HistoryBudget(settings.max_history_turns, settings.max_history_chars, left, settings.chars_per_token)
 
     async def reply(
         self,
@@ -138,16 +183,17 @@ class TurnRunner:
         """Chat deltas are cut into clauses that TTS synthesises while the LLM keeps writing;
         both producers feed one queue, which is the order events reach the client. Cancelling
         the consumer cancels both producers and so the stage calls."""
-        events: asyncio.Queue[object] = asyncio.Queue()
-        clauses: asyncio.Queue[str | None] = asyncio.Queue()
+        events = EventQueue(self._settings.max_buffered_events)
+        clauses: asyncio.Queue[str | None] = asyncio.Queue(self._settings.max_buffered_events)
         splitter = ClauseSplitter(self._settings.first_clause_min_chars, self._settings.clause_min_chars)
 
         async def write_text() -> None:
             call_started = time.perf_counter()
-            call = self.stages.chat.Generate(
+            call = self.stages.chat.stream(
+                "Generate",
                 chat_pb2.GenerateRequest(messages=messages, sampling=options.sampling),
-                timeout=self.timeout(context),
-                metadata=self.metadata(),
+                self.timeout(context),
+                self.metadata(),
             )
             async for response in call:
                 if response.HasField("summary"):
@@ -183,8 +229,6 @@ class TurnRunner:
                 event = await events.get()
                 if event is DONE:
                     finished += 1
-                elif isinstance(event, BaseException):
-                    raise event
                 elif isinstance(event, _ClauseSpoken):
                     state.spoken_clauses.append((event.clause, state.audio_seconds))
                 elif isinstance(event, tts_pb2.SynthesizeResponse):
@@ -192,6 +236,7 @@ class TurnRunner:
                 else:
                     yield event  # type: ignore[misc]
         finally:
+            events.close()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -238,12 +283,13 @@ class TurnRunner:
         self, audio: audio_pb2.Audio, language: str, context: grpc.aio.ServicerContext
     ) -> speech_pb2.Transcript:
         started = time.perf_counter()
-        response = await self.stages.tokenizer.Tokenize(
+        response = await self.stages.tokenizer.unary(
+            "Tokenize",
             tokenizer_pb2.TokenizeRequest(
                 config=tokenizer_pb2.TokenizeConfig(emit_transcript=True, language=language), audio=audio
             ),
-            timeout=self.timeout(context),
-            metadata=self.metadata(),
+            self.timeout(context),
+            self.metadata(),
         )
         metrics.STAGE_SECONDS.labels("tokenize").observe(time.perf_counter() - started)
         return response.transcript
@@ -253,12 +299,13 @@ class TurnRunner:
     ) -> tokenizer_pb2.TokenizeResponse:
         """Audio tokens of the user's audio (the chat LM hears it), and its transcript when the engine makes one."""
         started = time.perf_counter()
-        response = await self.stages.tokenizer.Tokenize(
+        response = await self.stages.tokenizer.unary(
+            "Tokenize",
             tokenizer_pb2.TokenizeRequest(
                 config=tokenizer_pb2.TokenizeConfig(emit_tokens=True, emit_transcript=transcript), audio=audio
             ),
-            timeout=self.timeout(context),
-            metadata=self.metadata(),
+            self.timeout(context),
+            self.metadata(),
         )
         metrics.STAGE_SECONDS.labels("tokenize").observe(time.perf_counter() - started)
         return response
@@ -267,12 +314,13 @@ class TurnRunner:
         self, text: str, voice_id: str, options: ReplyOptions, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
         started = time.perf_counter()
-        call = self.stages.tts.Synthesize(
+        call = self.stages.tts.stream(
+            "Synthesize",
             tts_pb2.SynthesizeRequest(
                 text=text, voice_id=voice_id, controls=options.controls, sample_rate_hz=options.sample_rate_hz
             ),
-            timeout=self.timeout(context),
-            metadata=self.metadata(),
+            self.timeout(context),
+            self.metadata(),
         )
         samples = 0
         rate = 0
@@ -288,12 +336,13 @@ class TurnRunner:
             metrics.TTS_REAL_TIME_FACTOR.observe(elapsed / (samples / rate))
 
 
-async def finish_into(events: asyncio.Queue[object], job: Callable[[], Awaitable[None]]) -> None:
+async def finish_into(events: EventQueue, job: Callable[[], Awaitable[None]]) -> None:
     """Run ``job``; report its end (or its error) on the event queue."""
     try:
         await job()
-        await events.put(DONE)
     except asyncio.CancelledError:
         raise
     except BaseException as error:
-        await events.put(error)
+        events.fail(error)
+    else:
+        await events.put(DONE)

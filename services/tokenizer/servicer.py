@@ -8,9 +8,18 @@ import grpc
 import numpy as np
 from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 
-from services.common.audio import AudioLimits, StreamResampler, check_sample_rate, decode_audio, decode_pcm16, resample
+from services.common.audio import (
+    AudioLimits,
+    DeclaredFormat,
+    StreamResampler,
+    check_sample_rate,
+    decode_audio,
+    decode_pcm16,
+    resample,
+)
 from services.common.concurrency import run_blocking
 from services.common.errors import InvalidArgument
+from services.common.languages import language_hint
 from services.common.wire import declared_format, transcript_message
 from services.tokenizer.engine import (
     SpeechEvent,
@@ -28,7 +37,8 @@ from services.tokenizer.settings import TokenizerSettings
 def _options(config: tokenizer_pb2.TokenizeConfig) -> StreamOptions:
     if not (config.emit_tokens or config.emit_transcript):
         raise InvalidArgument("config asks for nothing: set emit_tokens and/or emit_transcript")
-    return StreamOptions(config.emit_tokens, config.emit_transcript, config.language, config.trim_silence)
+    language = language_hint(config.language, "config.language")
+    return StreamOptions(config.emit_tokens, config.emit_transcript, language, config.trim_silence)
 
 
 def _tokens_message(event: TokensEvent) -> tokenizer_pb2.AudioTokens:
@@ -77,28 +87,17 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
             raise InvalidArgument("streaming audio must be raw PCM16 (encoding PCM16); send WAV files to Tokenize")
         rate = declared.sample_rate_hz or self._limits.default_sample_rate_hz
         check_sample_rate(rate)
-        engine_rate = self._engine.capabilities.sample_rate_hz
-        resampler = StreamResampler(rate, engine_rate)
         stream = await run_blocking(self._engine.open_stream, _options(first.config))
-        received = 0
+        feeder = _StreamFeeder(
+            stream, rate, declared.channels, self._engine.capabilities.sample_rate_hz, self._max_stream_seconds
+        )
         try:
             async for message in request_iterator:
                 if message.WhichOneof("request") != "audio_content":
                     raise InvalidArgument("a stream takes one config, first; later messages must carry audio")
-                samples = decode_pcm16(message.audio_content, rate, declared.channels)
-                received += len(samples)
-                if received / rate > self._max_stream_seconds:
-                    raise InvalidArgument(
-                        f"stream exceeds the {self._max_stream_seconds:g} s audio limit: start a new stream"
-                    )
-                for event in await run_blocking(stream.feed, resampler.push(samples)):
+                for event in await run_blocking(feeder.feed, message.audio_content):
                     yield _response(event)
-            if received == 0:
-                raise InvalidArgument("the stream carried no audio")
-            tail = resampler.push(np.zeros(0, dtype=np.float32), last=True)
-            events = list(await run_blocking(stream.feed, tail)) if len(tail) else []
-            events += await run_blocking(stream.finish)
-            for event in events:
+            for event in await run_blocking(feeder.finish):
                 yield _response(event)
         finally:
             stream.close()
@@ -107,14 +106,17 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
         self, request: tokenizer_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> tokenizer_pb2.TokenizeResponse:
         options = _options(request.config)
-        samples, rate = decode_audio(request.audio.content, declared_format(request.audio.format), self._limits)
+        declared = declared_format(request.audio.format)
         engine_rate = self._engine.capabilities.sample_rate_hz
+        samples, duration = await run_blocking(
+            _decode_whole, request.audio.content, declared, self._limits, engine_rate
+        )
         stream = await run_blocking(self._engine.open_stream, options)
         try:
-            events = await run_blocking(_run_whole, stream, resample(samples, rate, engine_rate))
+            events = await run_blocking(_run_whole, stream, samples)
         finally:
             stream.close()
-        return _tokenize_response(events, options, len(samples) / rate)
+        return _tokenize_response(events, options, duration)
 
     async def GetEngineInfo(
         self, request: tokenizer_pb2.GetEngineInfoRequest, context: grpc.aio.ServicerContext
@@ -126,6 +128,41 @@ class TokenizerServicer(tokenizer_pb2_grpc.TokenizerServiceServicer):
             supports_transcript=caps.supports_transcript,
             sample_rate_hz=caps.sample_rate_hz,
         )
+
+
+class _StreamFeeder:
+    """Decoding, resampling and engine calls of one StreamingTokenize stream, one blocking call per
+    message (the servicer runs them on a worker thread: none of it touches the event loop)."""
+
+    def __init__(self, stream: TokenizerStream, rate: int, channels: int, engine_rate: int, max_seconds: float) -> None:
+        self._stream = stream
+        self._rate = rate
+        self._channels = channels
+        self._resampler = StreamResampler(rate, engine_rate)
+        self._max_seconds = max_seconds
+        self._received = 0
+
+    def feed(self, content: bytes) -> list[TokenizerEvent]:
+        samples = decode_pcm16(content, self._rate, self._channels)
+        self._received += len(samples)
+        if self._received / self._rate > self._max_seconds:
+            raise InvalidArgument(f"stream exceeds the {self._max_seconds:g} s audio limit: start a new stream")
+        return self._stream.feed(self._resampler.push(samples))
+
+    def finish(self) -> list[TokenizerEvent]:
+        if self._received == 0:
+            raise InvalidArgument("the stream carried no audio")
+        tail = self._resampler.push(np.zeros(0, dtype=np.float32), last=True)
+        events = list(self._stream.feed(tail)) if len(tail) else []
+        return events + list(self._stream.finish())
+
+
+def _decode_whole(
+    content: bytes, declared: DeclaredFormat, limits: AudioLimits, engine_rate: int
+) -> tuple[np.ndarray, float]:
+    """A whole clip at the engine's rate, and its duration in seconds."""
+    samples, rate = decode_audio(content, declared, limits)
+    return resample(samples, rate, engine_rate), len(samples) / rate
 
 
 def _run_whole(stream: TokenizerStream, samples: np.ndarray) -> list[TokenizerEvent]:

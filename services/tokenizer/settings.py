@@ -15,7 +15,8 @@ class TokenizerSettings(ServiceSettings):
 
     engine: str = Field(
         "embedded",
-        description="Engine to load: 'embedded' (whisper-base ASR + Silero VAD) or 'step-audio' (audio tokens).",
+        description="Engine to load: 'embedded' (whisper-base ASR + Silero VAD), 'step-audio' (audio tokens) or "
+        "'synthetic' (no model: energy VAD, made-up transcripts and tokens; docs/synthetic.md).",
     )
     models_cache_dir: str = Field(
         ".models", description="Directory where models carried by pip packages are assembled on first start."
@@ -34,6 +35,14 @@ class TokenizerSettings(ServiceSettings):
         600, ge=100, description="Silence that ends an utterance (an endpoint), in milliseconds."
     )
     vad_padding_ms: int = Field(200, ge=0, description="Audio kept before/after speech for ASR, in milliseconds.")
+    max_utterance_seconds: float = Field(
+        60.0,
+        ge=1,
+        le=600,
+        description="embedded: longest utterance, in seconds. Speech that goes on this long without a pause gets a "
+        "forced endpoint: speech ended and the transcript of what was said so far; the speech that follows starts "
+        "a new utterance. Bounds the audio a stream holds and each ASR call.",
+    )
     models_dir: str = Field(
         "models", description="step-audio: directory that holds Step-Audio-Tokenizer/ (checked before loading)."
     )
@@ -50,3 +59,15 @@ class TokenizerSettings(ServiceSettings):
         description="step-audio: vq06 runs on fixed windows of this length from the stream start (rounded to 40 ms).",
     )
     max_streams: int = Field(16, ge=1, description="step-audio: streams open at once; more get RESOURCE_EXHAUSTED.")
+    # --- synthetic engine (docs/synthetic.md): deterministic output at configurable rates, for load and fault tests
+    synthetic_rms_threshold: float = Field(
+        0.02, gt=0, lt=1, description="synthetic: RMS of a 20 ms frame (full scale 1.0) above which it is speech."
+    )
+    synthetic_endpoint_seconds: float = Field(
+        0.5, ge=0.02, description="synthetic: silence that ends an utterance (an endpoint), in seconds."
+    )
+    synthetic_fail_health_file: str = Field(
+        "",
+        description="synthetic: while this file exists the liveness check fails (the file holding 'fatal': "
+        "unrecoverable, the service exits). Empty: never fails. For fault tests.",
+    )

@@ -14,7 +14,7 @@ from services.common.concurrency import run_blocking
 from services.common.controls import controls_from_message
 from services.common.errors import InvalidArgument, NotFound
 from services.common.wire import audio_chunk, declared_format
-from services.tts.engine import TtsEngine, VoiceInfo
+from services.tts.engine import PcmChunk, TtsEngine, VoiceInfo
 from services.tts.postprocess import apply_volume
 from services.tts.settings import TtsSettings
 from services.tts.voices import prompt_wav_from
@@ -30,6 +30,41 @@ def voice_message(voice: VoiceInfo) -> speech_pb2.Voice:
         supported_controls=voice.supported_controls,
         cloned=voice.cloned,
     )
+
+
+class _AudioOutput:
+    """Engine chunks → wire chunks of one Synthesize call: resampling, volume, PCM16 pieces of at most
+    ``piece`` samples, numbered in order. CPU work: the servicer runs it on a worker thread."""
+
+    def __init__(self, rate: int, piece: int, volume: float) -> None:
+        self._rate = rate
+        self._piece = piece
+        self._volume = volume
+        self._resampler: StreamResampler | None = None
+        self._sequence = 0
+        self._sent = 0
+
+    def convert(self, chunk: PcmChunk) -> list[tts_pb2.SynthesizeResponse]:
+        if self._resampler is None:
+            self._resampler = StreamResampler(chunk.sample_rate_hz, self._rate)
+        return self._pieces(self._resampler.push(chunk.samples))
+
+    def finish(self) -> list[tts_pb2.SynthesizeResponse]:
+        """The resampler's tail (nothing if no chunk came)."""
+        if self._resampler is None:
+            return []
+        return self._pieces(self._resampler.push(np.zeros(0, dtype=np.float32), last=True))
+
+    def _pieces(self, samples: np.ndarray) -> list[tts_pb2.SynthesizeResponse]:
+        samples = apply_volume(samples, self._volume)
+        responses = []
+        for start in range(0, len(samples), self._piece):
+            part = samples[start : start + self._piece]
+            offset = self._sent / self._rate
+            responses.append(tts_pb2.SynthesizeResponse(audio=audio_chunk(part, self._rate, self._sequence, offset)))
+            self._sequence += 1
+            self._sent += len(part)
+        return responses
 
 
 class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
@@ -64,27 +99,16 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             )
         rate = request.sample_rate_hz or voice.native_sample_rate_hz
         check_sample_rate(rate)
-        resampler: StreamResampler | None = None
-        piece = max(1, int(self._settings.chunk_seconds * rate))
-        sequence = 0
-        sent = 0
+        output = _AudioOutput(rate, max(1, int(self._settings.chunk_seconds * rate)), controls.volume)
         chunks = self._engine.synthesize(text, voice, controls)
         try:
             async for chunk in chunks:
-                if resampler is None:
-                    resampler = StreamResampler(chunk.sample_rate_hz, rate)
-                samples = apply_volume(resampler.push(chunk.samples), controls.volume)
-                for start in range(0, len(samples), piece):
-                    part = samples[start : start + piece]
-                    yield tts_pb2.SynthesizeResponse(audio=audio_chunk(part, rate, sequence, sent / rate))
-                    sequence += 1
-                    sent += len(part)
+                for response in await run_blocking(output.convert, chunk):
+                    yield response
         finally:
             await chunks.aclose()
-        if resampler is not None:
-            tail = apply_volume(resampler.push(np.zeros(0, dtype=np.float32), last=True), controls.volume)
-            if len(tail):
-                yield tts_pb2.SynthesizeResponse(audio=audio_chunk(tail, rate, sequence, sent / rate))
+        for response in await run_blocking(output.finish):
+            yield response
 
     async def ListVoices(
         self, request: tts_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext

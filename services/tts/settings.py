@@ -13,8 +13,9 @@ class TtsSettings(ServiceSettings):
 
     engine: str = Field(
         "embedded",
-        description="Engine to load: 'embedded' (CPU voices from packages) or 'step-audio' (Step-Audio-TTS-3B LM on "
-        "vLLM + CosyVoice decoder; runs from .venv-vllm, see docs/tts.md).",
+        description="Engine to load: 'embedded' (CPU voices from packages), 'step-audio' (Step-Audio-TTS-3B LM on "
+        "vLLM + CosyVoice decoder; runs from .venv-vllm, see docs/tts.md) or 'synthetic' (no model: tones at a set "
+        "pace; docs/synthetic.md).",
     )
     max_text_chars: int = Field(2000, ge=1, description="Longest text accepted by Synthesize, in characters.")
     chunk_seconds: float = Field(0.5, gt=0, description="Largest PCM chunk sent on the wire, in seconds of audio.")
@@ -24,7 +25,20 @@ class TtsSettings(ServiceSettings):
         "child process there: it needs TensorFlow 2.15 and numpy<2). Empty disables the Mandarin voice.",
     )
     synthesis_threads: int = Field(1, ge=1, description="Threads for the embedded English voice (onnxruntime).")
-    # Voice registry (services/tts/voices.py): used by engines that clone voices (step-audio).
+    worker_start_timeout_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="embedded: longest wait for a voice worker to load its model; one that takes longer is killed "
+        "and started again (on the next request or health check).",
+    )
+    worker_reply_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="embedded: longest wait for a voice worker's audio of one sentence of up to 200 characters "
+        "(longer sentences get proportionally longer). A worker that takes longer is hung: it is killed and "
+        "restarted, and the request fails with UNAVAILABLE naming the voice.",
+    )
+    # Voice registry (services/tts/voices.py): used by engines that clone voices (step-audio, synthetic).
     voices_dir: str = Field(
         "voices",
         description="Directory of built-in voices: manifest.json and prompt WAVs with precomputed prompt tokens "
@@ -34,6 +48,15 @@ class TtsSettings(ServiceSettings):
         ".voices",
         description="Directory where cloned voices (RegisterVoice) are stored: index.json and prompt WAVs, "
         "written crash-safely.",
+    )
+    max_cloned_voices: int = Field(
+        100, ge=0, description="Most cloned voices kept; RegisterVoice beyond it answers RESOURCE_EXHAUSTED."
+    )
+    max_cloned_voice_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="Most bytes of prompt WAVs (16-bit, as stored) over all cloned voices; RegisterVoice beyond it "
+        "answers RESOURCE_EXHAUSTED.",
     )
     # --- step-audio engine (docs/tts.md): Step-Audio-TTS-3B on vLLM (.venv-vllm) + the CosyVoice decoder ---------
     step_audio_models_dir: str = Field(
@@ -95,4 +118,25 @@ class TtsSettings(ServiceSettings):
     step_audio_decoder_seed: int = Field(0, description="step-audio: decoder noise seed (same codes → same audio).")
     step_audio_decode_threads: int = Field(
         4, ge=1, description="step-audio: syntheses decoded at once (threads; further ones wait for a thread)."
+    )
+    step_audio_conditioning_cache_size: int = Field(
+        32,
+        ge=1,
+        description="step-audio: voice variants whose decoder conditioning (speaker embedding, prompt mel and codes) "
+        "is kept in memory, least recently used dropped first; others are recomputed from the prompt WAV on use.",
+    )
+    # --- synthetic engine (docs/synthetic.md): deterministic tones at a set pace, for load and fault tests ----------
+    synthetic_real_time_factor: float = Field(
+        0.1, gt=0, description="synthetic: seconds of wall time per second of audio (0.1: 1 s of audio in 0.1 s)."
+    )
+    synthetic_first_chunk_seconds: float = Field(
+        0.02, ge=0, description="synthetic: delay before the first audio chunk of a synthesis, in seconds."
+    )
+    synthetic_chunk_seconds: float = Field(
+        0.1, ge=0.01, le=1, description="synthetic: audio per chunk as it is generated, in seconds."
+    )
+    synthetic_fail_health_file: str = Field(
+        "",
+        description="synthetic: while this file exists the liveness check fails (the file holding 'fatal': "
+        "unrecoverable, the service exits). Empty: never fails. For fault tests.",
     )

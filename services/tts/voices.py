@@ -20,6 +20,9 @@ Registration writes the WAV under a fresh unique name (temp file, fsync, rename)
 unreferenced WAV, which the next ``open`` deletes; a crash after it leaves a complete voice. Deleting
 replaces the index first and unlinks the WAV after. Mutations hold an exclusive ``flock`` on
 ``registry/.lock`` so two processes cannot interleave index updates.
+
+Cloned voices are bounded by count and by the bytes of their stored prompt WAVs (``max_voices``,
+``max_bytes``): a registration past either is refused with ResourceExhausted.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from pathlib import Path
 import soundfile
 
 from services.common.atomic import TEMP_SUFFIX, fsync_directory, write_atomically
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 from services.common.voice_prompts import (  # noqa: F401 - re-exported for the registry's users
     AUDIO_TOKEN_BASE,
     check_fields,
@@ -52,6 +55,9 @@ log = logging.getLogger(__name__)
 
 INDEX_VERSION = 1
 MUSIC_STYLES = ("rap", "humming")
+MiB = 1024 * 1024
+DEFAULT_MAX_VOICES = 100
+DEFAULT_MAX_BYTES = 256 * MiB
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,16 @@ def load_builtin(voices_dir: Path) -> dict[str, VoicePrompt]:
 class VoiceRegistry:
     """Built-in voices plus cloned voices. Thread-safe; mutations are atomic and crash-safe."""
 
-    def __init__(self, builtin: dict[str, VoicePrompt], registry_dir: Path) -> None:
+    def __init__(
+        self,
+        builtin: dict[str, VoicePrompt],
+        registry_dir: Path,
+        max_voices: int = DEFAULT_MAX_VOICES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
         self._builtin = builtin
+        self._max_voices = max_voices
+        self._max_bytes = max_bytes
         self._dir = registry_dir
         self._wavs = registry_dir / "wavs"
         self._index_path = registry_dir / "index.json"
@@ -115,11 +129,18 @@ class VoiceRegistry:
         self._cloned: dict[str, VoicePrompt] = {}
 
     @classmethod
-    def open(cls, builtin_dir: Path | None, registry_dir: Path) -> VoiceRegistry:
+    def open(
+        cls,
+        builtin_dir: Path | None,
+        registry_dir: Path,
+        max_voices: int = DEFAULT_MAX_VOICES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> VoiceRegistry:
         """Load built-in voices (if ``builtin_dir``) and the registry (created if missing). Sweeps
-        what an interrupted registration or deletion left behind."""
+        what an interrupted registration or deletion left behind. ``max_voices`` and ``max_bytes``
+        bound the cloned voices (a registry already over them keeps its voices but takes no more)."""
         builtin = load_builtin(Path(builtin_dir)) if builtin_dir else {}
-        registry = cls(builtin, Path(registry_dir))
+        registry = cls(builtin, Path(registry_dir), max_voices, max_bytes)
         registry._dir.mkdir(parents=True, exist_ok=True)
         registry._wavs.mkdir(exist_ok=True)
         with registry._exclusive():
@@ -154,7 +175,8 @@ class VoiceRegistry:
         language_codes: tuple[str, ...],
     ) -> VoicePrompt:
         """Validate and store a cloned voice. InvalidArgument for a bad id, prompt or transcript;
-        AlreadyExists when the id (case-insensitively) is taken by any voice."""
+        AlreadyExists when the id (case-insensitively) is taken by any voice; ResourceExhausted when
+        the cloned voices are at their count or byte bound."""
         prompt_tokens = tuple(int(token) for token in prompt_tokens)
         language_codes = tuple(language_codes)
         transcript = transcript.strip()
@@ -166,6 +188,7 @@ class VoiceRegistry:
         with self._lock, self._exclusive():
             self._load_index()  # another process may have changed it
             self._check_free(voice_id)
+            self._check_room(len(buffer.getvalue()))
             wav_name = f"{voice_id}.{uuid.uuid4().hex[:12]}.wav"
             write_atomically(self._wavs / wav_name, buffer.getvalue())
             entry = {
@@ -215,6 +238,31 @@ class VoiceRegistry:
                 f"voice id {voice_id!r} is taken by {kind} ({existing!r}): pick another id "
                 "or delete the cloned voice first"
             )
+
+    def _check_room(self, wav_bytes: int) -> None:
+        count = len(self._entries)
+        if count >= self._max_voices:
+            raise ResourceExhausted(
+                f"{count} cloned voices are registered, the limit (TTS_MAX_CLONED_VOICES={self._max_voices}): "
+                "delete unused cloned voices (DeleteVoice) first"
+            )
+        used = self._stored_bytes()
+        if used + wav_bytes > self._max_bytes:
+            raise ResourceExhausted(
+                f"cloned voices hold {used / MiB:.1f} MiB of prompt audio and this prompt needs {wav_bytes / MiB:.1f} "
+                f"MiB more; the limit is {self._max_bytes / MiB:.1f} MiB (TTS_MAX_CLONED_VOICE_BYTES): delete unused "
+                "cloned voices (DeleteVoice) first, or send a shorter prompt"
+            )
+
+    def _stored_bytes(self) -> int:
+        """Bytes of the cloned voices' prompt WAVs on disk."""
+        total = 0
+        for entry in self._entries.values():
+            try:
+                total += (self._dir / entry["wav"]).stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
 
     @contextmanager
     def _exclusive(self) -> Iterator[None]:

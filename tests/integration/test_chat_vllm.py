@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
 from stepaudio.common.v1 import speech_pb2
 
@@ -22,6 +23,7 @@ from services.chat.engine import Message
 from services.chat.prompt import after_special, build_prompt
 from tests.unit.test_stage_servicers import assert_serving, expect_code
 from tools.bench_chat_vllm import VLLM_PYTHON, ServiceProcess, metric_values
+from tools.cluster import health_status
 from tools.tiny_step1 import build_tokenizer, write_tiny_step1
 
 pytestmark = pytest.mark.integration
@@ -207,3 +209,34 @@ def test_models_dir_setting_error_is_clear(tmp_path: Path) -> None:
     broken = ServiceProcess(tmp_path / "nothing-here", tmp_path)
     with pytest.raises(RuntimeError, match="is not a directory"):
         broken.start(timeout=120)
+
+
+def test_a_dead_engine_core_makes_the_service_not_serving_and_exit_non_zero(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The engine side dies (vLLM's engine core process, SIGKILL): the service must stop answering SERVING and exit
+    with code 1 so the orchestrator restarts it — not keep a dead front end SERVING."""
+    import psutil
+
+    models_dir = tmp_path_factory.mktemp("models-kill")
+    write_tiny_step1(models_dir, tie_word_embeddings=None, max_seq_len=MAX_MODEL_LEN)
+    doomed = ServiceProcess(
+        models_dir, tmp_path_factory.mktemp("chat-vllm-kill"), extra_flags={"--health-check-interval-seconds": "0.5"}
+    )
+    doomed.start()
+    try:
+        chat = doomed.cluster.services["chat"]
+        cores = [
+            child
+            for child in psutil.Process(chat.process.pid).children(recursive=True)
+            if "EngineCore" in " ".join(child.cmdline()) or "EngineCore" in child.name()
+        ]
+        assert cores, "no vLLM engine core child process found"
+        assert health_status(chat.address) == health_pb2.HealthCheckResponse.SERVING
+        for core in cores:
+            core.kill()
+        exit_code = chat.process.wait(30)
+        assert exit_code == 1, f"exit code {exit_code}; see {doomed.log_file}"
+        assert "engine cannot recover" in doomed.log_file.read_text()
+    finally:
+        doomed.stop(10)

@@ -4,6 +4,7 @@ grpc.aio servers: orchestration, pipelining, sessions, cancellation and error ma
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import grpc
@@ -32,30 +33,52 @@ from tests.unit.test_stage_servicers import assert_serving, expect_code
 
 
 class Cluster:
-    def __init__(self, tmp_path: Path) -> None:
+    """The three stages (real servicers, fake engines) and the gateway, each on an in-process server. A stage can
+    be stopped and started again on the same port (a stage restart); ``settings`` override the gateway's."""
+
+    def __init__(self, tmp_path: Path, **settings) -> None:
         self.chat = FakeChatEngine()
         self.tts = FakeTtsEngine()
         self.tokenizer = FakeTokenizerEngine()
+        self.tts_settings = TtsSettings()
         self.sessions_dir = tmp_path / "sessions"
+        self.gateway_settings = settings
+        self.servers: dict[str, tuple[object, str]] = {}  # stage → (serving context, address)
         self.stack: list = []
+
+    def _stage(self, name: str, port: int) -> tuple:
+        if name == "tokenizer":
+            settings = TokenizerSettings(port=port)
+            return (
+                settings,
+                tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server,
+                TokenizerServicer(self.tokenizer, settings),
+            )
+        if name == "chat":
+            settings = ChatSettings(port=port)
+            return settings, chat_pb2_grpc.add_ChatServiceServicer_to_server, ChatServicer(self.chat, settings)
+        settings = self.tts_settings.model_copy(update={"port": port})
+        return settings, tts_pb2_grpc.add_TtsServiceServicer_to_server, TtsServicer(self.tts, settings)
+
+    async def start_stage(self, name: str, port: int = 0) -> str:
+        settings, add, servicer = self._stage(name, port)
+        context = serving(settings, add, servicer, name)
+        address = await context.__aenter__()
+        self.servers[name] = (context, address)
+        return address
+
+    async def stop_stage(self, name: str) -> None:
+        """The stage goes away: its in-flight calls end, its port closes."""
+        context, _ = self.servers.pop(name)
+        await context.__aexit__(None, None, None)
 
     async def start(self, chat_up: bool = True) -> GatewayClient:
         addresses = {}
-        stages = [
-            ("tokenizer", TokenizerSettings(), tokenizer_pb2_grpc.add_TokenizerServiceServicer_to_server,
-             lambda s: TokenizerServicer(self.tokenizer, s)),
-            ("chat", ChatSettings(), chat_pb2_grpc.add_ChatServiceServicer_to_server,
-             lambda s: ChatServicer(self.chat, s)),
-            ("tts", TtsSettings(), tts_pb2_grpc.add_TtsServiceServicer_to_server,
-             lambda s: TtsServicer(self.tts, s)),
-        ]  # fmt: skip
-        for name, settings, add, make in stages:
+        for name in ("tokenizer", "chat", "tts"):
             if name == "chat" and not chat_up:
                 addresses[name] = "127.0.0.1:1"
                 continue
-            context = serving(settings, add, make(settings), name)
-            addresses[name] = await context.__aenter__()
-            self.stack.append(context)
+            addresses[name] = await self.start_stage(name)
         settings = GatewaySettings(
             tokenizer_address=addresses["tokenizer"],
             chat_address=addresses["chat"],
@@ -64,9 +87,12 @@ class Cluster:
             voice_en="fake-en",
             voice_zh="fake-zh",
             max_text_chars=200,
+            **self.gateway_settings,
         )
+        self.settings = settings
         self.stages = Stages(settings)
-        servicer = GatewayServicer(self.stages, SessionStore(self.sessions_dir, 100), settings)
+        self.store = SessionStore(self.sessions_dir, 100, settings.session_ttl_seconds)
+        servicer = GatewayServicer(self.stages, self.store, settings)
         context = serving(settings, gateway_pb2_grpc.add_GatewayServiceServicer_to_server, servicer, "gateway")
         address = await context.__aenter__()
         self.stack.append(context)
@@ -78,6 +104,8 @@ class Cluster:
         await self.stages.close()
         for context in reversed(self.stack):
             await context.__aexit__(None, None, None)
+        for name in list(self.servers):
+            await self.stop_stage(name)
 
 
 @pytest.fixture
@@ -193,6 +221,8 @@ async def test_the_client_deadline_reaches_the_stages(cluster: Cluster) -> None:
         ({"text": "hi", "voice_id": "nobody"}, grpc.StatusCode.NOT_FOUND, "unknown voice"),
         ({"text": "hi", "session_id": "0" * 32}, grpc.StatusCode.NOT_FOUND, "does not exist"),
         ({"text": "hi", "session_id": "../etc/passwd"}, grpc.StatusCode.INVALID_ARGUMENT, "malformed"),
+        ({"text": "hi", "session_id": "0" * 32 + "\n"}, grpc.StatusCode.INVALID_ARGUMENT, "malformed"),
+        ({"text": "hi", "system_prompt": "x" * 201}, grpc.StatusCode.INVALID_ARGUMENT, "system_prompt is 201"),
         ({"text": "hi", "controls": speech_pb2.VoiceControls(speed=9)}, grpc.StatusCode.INVALID_ARGUMENT, "speed 9"),
         ({"text": "hi", "sample_rate_hz": 3}, grpc.StatusCode.INVALID_ARGUMENT, "out of range"),
         ({"text": "hi", "sampling": speech_pb2.SamplingParams(top_p=2)}, grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
@@ -207,11 +237,14 @@ async def test_bad_turns_get_the_right_code_and_the_gateway_stays_serving(cluste
     assert result.reply_text == cluster.chat.reply
 
 
-async def test_a_stage_that_is_down_gives_unavailable(tmp_path: Path) -> None:
-    cluster = Cluster(tmp_path)
+async def test_a_stage_that_is_down_gives_unavailable_naming_it(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, stage_connect_timeout_seconds=0.5)
     client = await cluster.start(chat_up=False)
     try:
-        await expect_code(client.chat_stream("hi", text_only=True, timeout=5), grpc.StatusCode.UNAVAILABLE)
+        started = time.monotonic()
+        details = await expect_code(client.chat_stream("hi", text_only=True, timeout=5), grpc.StatusCode.UNAVAILABLE)
+        assert details.startswith("the chat stage (127.0.0.1:1) is unavailable: not reachable for 0.5 s")
+        assert 0.5 <= time.monotonic() - started < 2
     finally:
         await cluster.stop()
 

@@ -27,7 +27,18 @@ def _vllm(settings: ChatSettings) -> ChatEngine:
     return VllmChatEngine.load(settings)
 
 
-ENGINES: dict[str, Callable[[ChatSettings], ChatEngine]] = {"embedded": _embedded, "vllm": _vllm}
+def _synthetic(settings: ChatSettings) -> ChatEngine:
+    # No model: a deterministic reply at a set pace, for load and fault tests (docs/synthetic.md).
+    from services.chat.engines.synthetic import SyntheticChatEngine
+
+    return SyntheticChatEngine(settings)
+
+
+ENGINES: dict[str, Callable[[ChatSettings], ChatEngine]] = {
+    "embedded": _embedded,
+    "vllm": _vllm,
+    "synthetic": _synthetic,
+}
 
 
 def create_engine(settings: ChatSettings) -> ChatEngine:

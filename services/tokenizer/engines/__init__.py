@@ -25,7 +25,18 @@ def _step_audio(settings: TokenizerSettings) -> TokenizerEngine:
         raise SystemExit(str(error)) from None
 
 
-ENGINES: dict[str, Callable[[TokenizerSettings], TokenizerEngine]] = {"embedded": _embedded, "step-audio": _step_audio}
+def _synthetic(settings: TokenizerSettings) -> TokenizerEngine:
+    # No model: an energy VAD and made-up transcripts and tokens, for load and fault tests (docs/synthetic.md).
+    from services.tokenizer.engines.synthetic import SyntheticTokenizerEngine
+
+    return SyntheticTokenizerEngine(settings)
+
+
+ENGINES: dict[str, Callable[[TokenizerSettings], TokenizerEngine]] = {
+    "embedded": _embedded,
+    "step-audio": _step_audio,
+    "synthetic": _synthetic,
+}
 
 
 def create_engine(settings: TokenizerSettings) -> TokenizerEngine:

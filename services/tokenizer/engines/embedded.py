@@ -27,6 +27,7 @@ from services.tokenizer.engine import (
     TokenizerStream,
     TranscriptEvent,
 )
+from services.tokenizer.engines.buffers import ChunkBuffer
 from services.tokenizer.settings import TokenizerSettings
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ class WhisperTranscriber:
 class EmbeddedStream(TokenizerStream):
     """VAD state machine over 32 ms frames; each utterance is transcribed at its endpoint.
 
-    Memory is bounded: audio before the current utterance (minus padding) is dropped.
+    Memory is bounded: audio before the current utterance (minus padding) is dropped, and an utterance
+    that reaches ``max_utterance_seconds`` is ended there (a forced endpoint). Audio is buffered in
+    chunk lists, so each sample is copied a constant number of times however long the utterance.
     """
 
     def __init__(self, transcriber: WhisperTranscriber, settings: TokenizerSettings, options: StreamOptions) -> None:
@@ -74,36 +77,46 @@ class EmbeddedStream(TokenizerStream):
         self._threshold = settings.vad_threshold
         self._end_frames = max(1, settings.vad_min_silence_ms * SAMPLE_RATE // 1000 // _VAD_FRAME)
         self._padding = settings.vad_padding_ms * SAMPLE_RATE // 1000
-        self._buffer = np.zeros(0, dtype=np.float32)  # audio not yet run through the VAD
-        self._kept = np.zeros(0, dtype=np.float32)  # audio of the current utterance (+ padding)
+        # In whole VAD frames, rounded down: an utterance never exceeds the limit.
+        self._max_utterance = max(1, int(settings.max_utterance_seconds * SAMPLE_RATE) // _VAD_FRAME) * _VAD_FRAME
+        self._pending = ChunkBuffer()  # audio not yet run through the VAD
+        self._kept = ChunkBuffer()  # audio of the current utterance (+ padding)
         self._kept_start = 0  # stream position of _kept[0], in samples
         self._position = 0  # samples run through the VAD so far
         self._speech_start: int | None = None
         self._silent_frames = 0
 
     def feed(self, samples: np.ndarray) -> list[TokenizerEvent]:
-        self._buffer = np.concatenate([self._buffer, samples.astype(np.float32, copy=False)])
+        self._pending.append(samples)
         events: list[TokenizerEvent] = []
-        usable = len(self._buffer) - len(self._buffer) % _VAD_FRAME
-        for start in range(0, usable, _VAD_FRAME):
-            events.extend(self._step(self._buffer[start : start + _VAD_FRAME]))
-        self._buffer = self._buffer[usable:]
+        while len(self._pending) >= _VAD_FRAME:
+            events.extend(self._step(self._pending.take(_VAD_FRAME)))
         return events
 
     def finish(self) -> list[TokenizerEvent]:
         events: list[TokenizerEvent] = []
-        if len(self._buffer):
+        if len(self._pending):
+            tail = self._pending.take(len(self._pending))
             frame = np.zeros(_VAD_FRAME, dtype=np.float32)
-            frame[: len(self._buffer)] = self._buffer
-            self._buffer = np.zeros(0, dtype=np.float32)
+            frame[: len(tail)] = tail
             events.extend(self._step(frame))
         if self._speech_start is not None:
             events.extend(self._end_utterance(self._position))
         return events
 
+    @property
+    def buffered_samples(self) -> int:
+        """Samples this stream holds (memory-bound tests)."""
+        return len(self._pending) + len(self._kept)
+
+    @property
+    def copied_samples(self) -> int:
+        """Samples copied by this stream's buffers so far (tests check it grows linearly)."""
+        return self._pending.copied + self._kept.copied
+
     def _step(self, frame: np.ndarray) -> list[TokenizerEvent]:
         probability = self._vad.process_samples(frame.tolist())
-        self._kept = np.concatenate([self._kept, frame])
+        self._kept.append(frame)
         self._position += _VAD_FRAME
         events: list[TokenizerEvent] = []
         if self._speech_start is None:
@@ -120,30 +133,38 @@ class EmbeddedStream(TokenizerStream):
                 events.extend(self._end_utterance(speech_end))
         else:
             self._silent_frames = 0
+        if self._speech_start is not None and self._position - self._speech_start >= self._max_utterance:
+            log.info(
+                "utterance reached the length limit; endpoint forced",
+                extra={"max_utterance_seconds": self._max_utterance / SAMPLE_RATE},
+            )
+            events.extend(self._end_utterance(self._position, forced=True))
         return events
 
-    def _end_utterance(self, speech_end: int) -> list[TokenizerEvent]:
+    def _end_utterance(self, speech_end: int, forced: bool = False) -> list[TokenizerEvent]:
         assert self._speech_start is not None
         start = max(self._kept_start, self._speech_start - self._padding)
         end = min(self._position, speech_end + self._padding)
         events: list[TokenizerEvent] = [SpeechEvent(False, speech_end / SAMPLE_RATE)]
         if self._options.emit_transcript:
-            audio = self._kept[start - self._kept_start : end - self._kept_start]
+            audio = self._kept.peek(start - self._kept_start, end - self._kept_start)
             text, language = self._transcriber.transcribe(audio, self._options.language)
             events.append(TranscriptEvent(text, language, start / SAMPLE_RATE, end / SAMPLE_RATE))
         self._speech_start = None
         self._silent_frames = 0
-        self._trim_to(self._position - self._padding)
+        # After a forced endpoint the speech goes on: the next utterance must not repeat this one's tail.
+        self._trim_to(self._position if forced else self._position - self._padding)
         return events
 
     def _trim_to(self, position: int) -> None:
         drop = position - self._kept_start
         if drop > 0:
-            self._kept = self._kept[drop:]
+            self._kept.drop(drop)
             self._kept_start = position
 
     def close(self) -> None:
-        self._kept = self._buffer = np.zeros(0, dtype=np.float32)
+        self._kept.clear()
+        self._pending.clear()
 
 
 class EmbeddedTokenizerEngine(TokenizerEngine):

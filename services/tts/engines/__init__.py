@@ -22,7 +22,18 @@ def _step_audio(settings: TtsSettings) -> TtsEngine:
     return StepAudioTtsEngine.load(settings)
 
 
-ENGINES: dict[str, Callable[[TtsSettings], TtsEngine]] = {"embedded": _embedded, "step-audio": _step_audio}
+def _synthetic(settings: TtsSettings) -> TtsEngine:
+    # No model: deterministic tones at a set pace, for load and fault tests (docs/synthetic.md).
+    from services.tts.engines.synthetic import SyntheticTtsEngine
+
+    return SyntheticTtsEngine.load(settings)
+
+
+ENGINES: dict[str, Callable[[TtsSettings], TtsEngine]] = {
+    "embedded": _embedded,
+    "step-audio": _step_audio,
+    "synthetic": _synthetic,
+}
 
 
 def create_engine(settings: TtsSettings) -> TtsEngine:

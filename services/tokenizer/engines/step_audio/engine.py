@@ -15,7 +15,11 @@ Streaming policy (one-shot use is ``feed(all)`` + ``finish()``, so both give ide
 - Groups of 2 vq02 + 3 vq06 codes are emitted as soon as both halves exist.
 
 Memory per stream is bounded: < 240 ms of raw audio, one vq06 window, funasr's fixed-size cache,
-and at most one window's worth of codes waiting for their partners.
+and at most one window's worth of codes waiting for their partners. With ``trim_silence`` the whole clip
+is held until ``finish`` (trimming needs its end), so such a stream is limited to
+``TOKENIZER_MAX_AUDIO_SECONDS``, like ``Tokenize``. Audio and codes are buffered in chunk lists
+(``buffers.ChunkBuffer``): each sample is copied a constant number of times, however it was cut.
+There are no utterances here (no VAD), so ``max_utterance_seconds`` does not apply.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from services.tokenizer.engine import (
     TokenizerStream,
     TokensEvent,
 )
+from services.tokenizer.engines.buffers import ChunkBuffer
 from services.tokenizer.engines.step_audio.interleave import GROUP_SECONDS, group_count, interleave
 from services.tokenizer.engines.step_audio.layout import require_models_dir
 from services.tokenizer.engines.step_audio.preprocess import PEAK_FLOOR, PEAK_TARGET, trim_silence
@@ -59,11 +64,12 @@ class StepAudioStream(TokenizerStream):
         self._vq02 = engine.vq02.new_state()
         self._window = window_samples(engine.settings.vq06_window_seconds)
         self._trim = engine.settings.trim_silence or trim_silence  # server setting, or per request
-        self._raw = _EMPTY  # not yet normalised: < NORM_BLOCK samples (or everything, when trimming)
+        self._max_trim_samples = round(engine.settings.max_audio_seconds * SAMPLE_RATE)
+        self._raw = ChunkBuffer()  # not yet normalised: < NORM_BLOCK samples (or everything, when trimming)
         self._peak = 0.0
-        self._vq06_audio = _EMPTY  # normalised samples of the current vq06 window
-        self._codes02 = np.zeros(0, dtype=np.int64)  # codes not yet emitted
-        self._codes06 = np.zeros(0, dtype=np.int64)
+        self._vq06_audio = ChunkBuffer()  # normalised samples of the current vq06 window
+        self._codes02 = ChunkBuffer(np.int64)  # codes not yet emitted
+        self._codes06 = ChunkBuffer(np.int64)
         self._groups = 0  # groups emitted so far
         self._closed = False
 
@@ -72,18 +78,23 @@ class StepAudioStream(TokenizerStream):
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         if not np.isfinite(samples).all():
             raise InvalidArgument("audio contains NaN or infinite samples")
-        self._raw = np.concatenate([self._raw, samples])
+        self._raw.append(samples)
         if self._trim:
+            if len(self._raw) > self._max_trim_samples:
+                raise InvalidArgument(
+                    f"with trim_silence the whole clip is held until the stream ends, and it is over "
+                    f"{self._max_trim_samples / SAMPLE_RATE:g} s (TOKENIZER_MAX_AUDIO_SECONDS): send a shorter clip, "
+                    "or stream without trim_silence"
+                )
             return []  # trimming needs the end of the audio: everything happens at finish
         whole = len(self._raw) // NORM_BLOCK * NORM_BLOCK
         if whole == 0:
             return []
-        blocks, self._raw = self._raw[:whole], self._raw[whole:]
-        return self._process(self._normalise(blocks, NORM_BLOCK), final=False)
+        return self._process(self._normalise(self._raw.take(whole), NORM_BLOCK), final=False)
 
     def finish(self) -> list[TokenizerEvent]:
         self._check_open()
-        raw, self._raw = self._raw, _EMPTY
+        raw = self._raw.take(len(self._raw))
         if self._trim:
             raw = trim_silence(raw)
             block = max(len(raw), 1)  # one gain for the whole clip, as the reference
@@ -99,7 +110,8 @@ class StepAudioStream(TokenizerStream):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._raw = self._vq06_audio = _EMPTY
+            for buffer in (self._raw, self._vq06_audio, self._codes02, self._codes06):
+                buffer.clear()
             self._vq02 = None  # type: ignore[assignment]
             self._engine.release_stream()
 
@@ -121,33 +133,26 @@ class StepAudioStream(TokenizerStream):
     def _process(self, audio: np.ndarray, final: bool) -> list[TokenizerEvent]:
         engine = self._engine
         codes02 = engine.vq02.push(self._vq02, audio, final=final)
-        codes06: list[np.ndarray] = []
-        buffered = np.concatenate([self._vq06_audio, audio])
-        start = 0
-        while len(buffered) - start >= self._window:
-            codes06.append(engine.vq06.tokens(buffered[start : start + self._window]))
-            start += self._window
-        self._vq06_audio = buffered[start:].copy()
+        self._vq06_audio.append(audio)
+        while len(self._vq06_audio) >= self._window:
+            self._codes06.append(engine.vq06.tokens(self._vq06_audio.take(self._window)))
         if final:
-            codes06.append(engine.vq06.tokens(self._vq06_audio))
-            self._vq06_audio = _EMPTY
-        self._codes02 = np.concatenate([self._codes02, codes02])
-        self._codes06 = np.concatenate([self._codes06, *codes06])
+            self._codes06.append(engine.vq06.tokens(self._vq06_audio.take(len(self._vq06_audio))))
+        self._codes02.append(codes02)
         return self._emit()
 
     def _emit(self) -> list[TokenizerEvent]:
         groups = group_count(len(self._codes02), len(self._codes06))
         if groups == 0:
             return []
-        ids = interleave(self._codes02, self._codes06, groups)
-        self._codes02, self._codes06 = self._codes02[2 * groups :], self._codes06[3 * groups :]
+        ids = interleave(self._codes02.take(2 * groups), self._codes06.take(3 * groups), groups)
         first, self._groups = self._groups, self._groups + groups
         return [TokensEvent(tuple(ids), round(first * GROUP_SECONDS, 6), round(self._groups * GROUP_SECONDS, 6))]
 
     def state_bytes(self) -> int:
         """Bytes of audio, codes and encoder cache this stream holds (memory-bound tests, benchmarks)."""
-        arrays = (self._raw, self._vq06_audio, self._codes02, self._codes06)
-        return sum(a.nbytes for a in arrays) + (self._engine.vq02.state_bytes(self._vq02) if self._vq02 else 0)
+        buffers = (self._raw, self._vq06_audio, self._codes02, self._codes06)
+        return sum(b.nbytes for b in buffers) + (self._engine.vq02.state_bytes(self._vq02) if self._vq02 else 0)
 
 
 class StepAudioTokenizerEngine(TokenizerEngine):

@@ -12,13 +12,16 @@ Per request:
    logits processor enabled per request.
 5. Audio: the ids stream (asyncio side) into a thread-safe feed that the decoder's ``decode_stream`` reads on a
    decode thread (``iterate_in_thread``); 22.05 kHz PCM chunks come back as they are made. Speed is a streaming
-   tempo change (``postprocess.SpeedChanger``); volume is applied by the servicer.
+   tempo change (``postprocess.SpeedChanger``) on the same decode thread; volume is applied by the servicer.
+   Per-request accounting (the repetition check over all ids) runs on an executor thread after the stream ends:
+   nothing but hand-offs happens on the event loop.
 
 Closing the returned iterator (client cancel, deadline, shutdown) cancels the generation task, which aborts the
 vLLM request (its KV cache is freed at once), and stops the decode thread at its next code.
 
-Decoder conditioning (CAM++ embedding, prompt mel, prompt codes) is computed once per voice variant and cached; as in
-the reference it comes from the common decoder's front end for both decoders.
+Decoder conditioning (CAM++ embedding, prompt mel, prompt codes) is computed once per voice variant and cached (an
+LRU of ``TTS_STEP_AUDIO_CONDITIONING_CACHE_SIZE`` variants); as in the reference it comes from the common decoder's
+front end for both decoders.
 """
 
 from __future__ import annotations
@@ -47,8 +50,10 @@ from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.vllm import runtime
 from services.common.vllm.checkpoint import CheckpointError, Step1Options, Step1Plan, plan_step1
 from services.common.vllm.runtime import EngineOptions
+from services.common.watchdog import StallWatchdog
 from services.tts.decoder import DecoderOptions, StepAudioDecoder, VoiceConditioning
 from services.tts.engine import PcmChunk, TtsEngine, VoiceInfo
+from services.tts.engines.step_audio.conditioning import LruCache
 from services.tts.engines.step_audio.logits import EXTRA_ARG, PROCESSOR
 from services.tts.engines.step_audio.prompt import (
     AUDIO_BASE,
@@ -125,6 +130,27 @@ class CodeFeed:
             yield from item  # type: ignore[misc]
 
 
+def _decode(
+    decoder: StepAudioDecoder, conditioning: VoiceConditioning, feed: CodeFeed, speed: float
+) -> Iterator[np.ndarray]:
+    """PCM of the codes in ``feed``, at ``speed`` (runs on a decode thread: WSOLA is CPU work too)."""
+    chunks = decoder.decode_stream(conditioning, iter(feed))
+    if speed == 1.0:
+        return chunks
+    return _change_tempo(chunks, SpeedChanger(decoder.sample_rate, speed))
+
+
+def _change_tempo(chunks: Iterator[np.ndarray], changer: SpeedChanger) -> Iterator[np.ndarray]:
+    try:
+        for pcm in chunks:
+            yield changer.push(pcm)
+        yield changer.finish()
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()  # stops the decoder's generator now, on this thread
+
+
 def step1_options(settings: TtsSettings) -> Step1Options:
     return Step1Options(
         models_dir=settings.step_audio_models_dir,
@@ -179,10 +205,12 @@ class StepAudioTtsEngine(TtsEngine):
         self._max_length = min(settings.step_audio_max_length, plan.max_model_len)
         tokenizer = llm.get_tokenizer()
         self._encode = lambda text: tokenizer.encode(text)  # as the reference calls it (special tokens added)
-        self._conditioning: dict[tuple[str, str, tuple[int, ...]], VoiceConditioning] = {}
-        self._conditioning_lock = threading.Lock()
+        self._conditioning: LruCache[tuple[str, str, tuple[int, ...]], VoiceConditioning] = LruCache(
+            settings.step_audio_conditioning_cache_size
+        )
         self._decode_pool = ThreadPoolExecutor(settings.step_audio_decode_threads, thread_name_prefix="step-audio")
         self._in_flight = 0
+        self._watchdog = StallWatchdog()
         UNFINISHED.set_function(llm.output_processor.get_num_unfinished_requests)
 
     @classmethod
@@ -195,8 +223,12 @@ class StepAudioTtsEngine(TtsEngine):
         missing = [str(folder) for folder in folders.values() if not folder.is_dir()]
         if missing:
             raise SystemExit(f"step-audio tts engine: decoder folder(s) missing: {', '.join(missing)}")
-        registry = VoiceRegistry.open(Path(settings.voices_dir) if settings.voices_dir else None,
-                                      Path(settings.registry_dir))  # fmt: skip
+        registry = VoiceRegistry.open(
+            Path(settings.voices_dir) if settings.voices_dir else None,
+            Path(settings.registry_dir),
+            max_voices=settings.max_cloned_voices,
+            max_bytes=settings.max_cloned_voice_bytes,
+        )
         if not registry.list():
             raise SystemExit(
                 f"step-audio tts engine: no voices (TTS_VOICES_DIR={settings.voices_dir!r} has none, nor "
@@ -264,22 +296,17 @@ class StepAudioTtsEngine(TtsEngine):
 
     async def delete_voice(self, voice_id: str) -> None:
         await run_blocking(self._registry.delete, voice_id)
-        with self._conditioning_lock:
-            for key in [key for key in self._conditioning if key[0] == voice_id]:
-                del self._conditioning[key]
+        self._conditioning.discard(lambda key: key[0] == voice_id)
 
     def conditioning(self, variant: VoicePrompt) -> VoiceConditioning:
-        """Decoder conditioning of a voice variant, computed once (blocking: call on a thread)."""
+        """Decoder conditioning of a voice variant, cached (blocking: call on a thread)."""
         key = (variant.voice_id, str(variant.prompt_wav), tuple(variant.prompt_tokens))
-        with self._conditioning_lock:
-            cached = self._conditioning.get(key)
-        if cached is not None:
-            return cached
+        return self._conditioning.get_or_compute(key, lambda: self._prepare_voice(variant))
+
+    def _prepare_voice(self, variant: VoicePrompt) -> VoiceConditioning:
         wav, rate = soundfile.read(variant.prompt_wav, dtype="float32", always_2d=True)
         codes = [token - AUDIO_BASE for token in variant.prompt_tokens]
-        conditioning = self._decoders[None].prepare_voice(wav, rate, codes)
-        with self._conditioning_lock:
-            return self._conditioning.setdefault(key, conditioning)
+        return self._decoders[None].prepare_voice(wav, rate, codes)
 
     # --- synthesis ------------------------------------------------------------------------------------------------
 
@@ -316,7 +343,9 @@ class StepAudioTtsEngine(TtsEngine):
         """Runs as a task: vLLM outputs → codes into ``feed``. Cancelling the task aborts the vLLM request."""
         generated: list[int] = stats["ids"]
         try:
-            async for output in runtime.stream_request(self._llm, prompt, params, f"tts-{uuid.uuid4().hex}"):
+            async for output in runtime.stream_request(
+                self._llm, prompt, params, f"tts-{uuid.uuid4().hex}", self._watchdog
+            ):
                 new = list(output.outputs[0].token_ids)
                 if new and not generated:
                     stats["first_id_at"] = time.monotonic()
@@ -345,26 +374,18 @@ class StepAudioTtsEngine(TtsEngine):
         task: asyncio.Task | None = None
         samples = 0
         first_chunk_at = None
-        speed_changer = SpeedChanger(decoder.sample_rate, speed) if speed != 1.0 else None
         try:
             conditioning = await run_blocking(self.conditioning, variant, executor=self._decode_pool)
             task = asyncio.create_task(self._generate(prompt, params, feed, stats))
-            chunks = iterate_in_thread(lambda: decoder.decode_stream(conditioning, iter(feed)), self._decode_pool)
+            chunks = iterate_in_thread(lambda: _decode(decoder, conditioning, feed, speed), self._decode_pool)
             try:
                 async for pcm in chunks:
-                    if speed_changer is not None:
-                        pcm = speed_changer.push(pcm)
                     if len(pcm):
                         first_chunk_at = first_chunk_at or time.monotonic()
                         samples += len(pcm)
                         yield PcmChunk(np.asarray(pcm, dtype=np.float32), decoder.sample_rate)
             finally:
                 await chunks.aclose()
-            if speed_changer is not None:
-                tail = speed_changer.finish()
-                if len(tail):
-                    samples += len(tail)
-                    yield PcmChunk(tail, decoder.sample_rate)
         finally:
             self._in_flight -= 1
             feed.stop()
@@ -372,14 +393,20 @@ class StepAudioTtsEngine(TtsEngine):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            self._account(prompt, stats, started, first_chunk_at, samples, decoder.sample_rate, style)
+            # The repetition count walks every generated id: off the event loop, and nothing waits for it.
+            asyncio.get_running_loop().run_in_executor(
+                None,
+                self._account,
+                prompt, stats, time.monotonic() - started,
+                first_chunk_at - started if first_chunk_at else None, samples, decoder.sample_rate, style,
+            )  # fmt: skip
 
     def _account(
         self,
         prompt: list[int],
         stats: dict,
-        started: float,
-        first_chunk_at: float | None,
+        elapsed: float,
+        first_chunk_seconds: float | None,
         samples: int,
         rate: int,
         style: str | None,
@@ -391,7 +418,6 @@ class StepAudioTtsEngine(TtsEngine):
         GENERATED.inc(len(ids))
         NON_AUDIO.inc(non_audio)
         REPETITIONS.inc(repeated)
-        elapsed = time.monotonic() - started
         log.info(
             "step-audio synthesis",
             extra={
@@ -403,10 +429,13 @@ class StepAudioTtsEngine(TtsEngine):
                 "music": style or "",
                 "audio_seconds": round(samples / rate, 3),
                 "seconds": round(elapsed, 3),
-                "first_chunk_seconds": round(first_chunk_at - started, 3) if first_chunk_at else None,
+                "first_chunk_seconds": round(first_chunk_seconds, 3) if first_chunk_seconds is not None else None,
                 "rtf": round(elapsed / (samples / rate), 3) if samples else None,
             },
         )
+
+    async def check_health(self) -> None:
+        runtime.check_alive(self._llm, self._watchdog, self._settings.engine_stall_seconds, "tts")
 
     async def close(self) -> None:
         runtime.shutdown(self._llm)

@@ -1,0 +1,69 @@
+"""The embedded chat engine's liveness check on the real llama.cpp model: a generation that makes no progress
+for longer than CHAT_ENGINE_STALL_SECONDS is unrecoverable; a reader that stops reading is not a stall."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import pytest
+from llama_cpp import Llama
+
+from services.chat.engine import Message, Sampling, Usage
+from services.chat.engines.embedded import EmbeddedChatEngine, resolve_model_path
+from services.chat.settings import ChatSettings
+from services.common.errors import EngineUnhealthy
+
+
+@pytest.fixture(scope="module")
+def llm() -> Llama:
+    settings = ChatSettings()
+    path = resolve_model_path(settings)
+    return Llama(model_path=str(path), n_ctx=settings.context_tokens, n_threads=settings.threads, verbose=False)
+
+
+def engine_with(llm: Llama, stall_seconds: float) -> EmbeddedChatEngine:
+    return EmbeddedChatEngine(llm, "test", ChatSettings(engine_stall_seconds=stall_seconds))
+
+
+def sampling(engine: EmbeddedChatEngine, max_tokens: int) -> Sampling:
+    return dataclasses.replace(engine.info.default_sampling, max_tokens=max_tokens, temperature=0.0)
+
+
+async def test_no_progress_beyond_the_limit_is_unrecoverable(llm) -> None:
+    engine = engine_with(llm, stall_seconds=0.05)
+    await engine.check_health()  # idle: healthy
+    # A long prompt: llama.cpp works on it for well over 50 ms before the first token, with nothing to show.
+    question = "Summarise this list: " + ", ".join(f"item number {n}" for n in range(300))
+    deltas = engine.generate([Message("user", question)], sampling(engine, 8), Usage())
+    first = asyncio.ensure_future(anext(deltas))
+    unhealthy: EngineUnhealthy | None = None
+    try:
+        while not first.done():
+            try:
+                await engine.check_health()
+            except EngineUnhealthy as error:
+                unhealthy = error
+                break
+            await asyncio.sleep(0.01)
+        assert unhealthy is not None, "the check never saw the generation without progress"
+        assert not unhealthy.recoverable and "CHAT_ENGINE_STALL_SECONDS=0.05" in unhealthy.message
+    finally:
+        await asyncio.wait([first])
+        await deltas.aclose()
+    await engine.check_health()  # nothing in hand any more
+
+
+async def test_a_reader_that_stops_reading_is_not_a_stall(llm) -> None:
+    engine = engine_with(llm, stall_seconds=3.0)
+    usage = Usage()
+    deltas = engine.generate([Message("user", "Count from 1 to 30, separated by commas.")], sampling(engine, 60), usage)
+    text = await anext(deltas)
+    paused_until = time.monotonic() + 5.0  # generation fills its buffer, then waits for the reader
+    while time.monotonic() < paused_until:
+        await engine.check_health()
+        await asyncio.sleep(0.25)
+    text += "".join([delta async for delta in deltas])
+    assert "1" in text and usage.completion_tokens > 4
+    await engine.check_health()
