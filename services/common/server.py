@@ -229,6 +229,9 @@ def build_server(definition: ServiceDefinition) -> tuple[grpc.aio.Server, int]:
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            # Let clients (the gateway) ping every 10 s on a busy connection, so a peer that vanished without
+            # closing it is noticed in seconds; gRPC's default refuses pings more often than every 5 minutes.
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )

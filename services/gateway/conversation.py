@@ -21,6 +21,7 @@ from services.common.errors import DeadlineExceeded, InvalidArgument
 from services.gateway.events import EventQueue
 from services.gateway.sessions import Session, SessionStore, Turn
 from services.gateway.settings import GatewaySettings
+from services.gateway.stages import seconds
 from services.gateway.turns import DONE, ReplyOptions, TurnRunner, TurnState, finish_into
 
 
@@ -77,7 +78,7 @@ class Conversation:
         except DeadlineExceeded:
             if self._context.time_remaining() is None:
                 raise DeadlineExceeded(
-                    f"the conversation reached its limit of {limit:g} s (GATEWAY_MAX_STREAM_SECONDS): "
+                    f"the conversation reached its limit of {seconds(limit)} s (GATEWAY_MAX_STREAM_SECONDS): "
                     "start a new stream"
                 ) from None
             raise

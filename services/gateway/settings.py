@@ -30,11 +30,12 @@ class GatewaySettings(ServiceSettings):
         "stage is used again within about this long.",
     )
     stage_keepalive_seconds: float = Field(
-        300.0,
+        20.0,
         ge=0,
         description="HTTP/2 keepalive ping interval on a stage connection that carries calls but no traffic, in "
         "seconds, so a stage that vanished without closing it (host down, network cut, stopped process) is noticed. "
-        "Stages close connections that ping more often than they allow (gRPC's default: every 5 min). 0: no pings.",
+        "The stages of this project accept pings every 10 s or more; other gRPC servers by default only every "
+        "5 min (they close connections that ping more often). 0: no pings.",
     )
     stage_keepalive_timeout_seconds: float = Field(
         20.0, gt=0, description="A stage connection whose keepalive ping is not answered this fast is closed."

@@ -137,20 +137,22 @@ class Stage:
     async def _reachable(self, timeout: float) -> None:
         state = self._channel.get_state(try_to_connect=True)
         if state is not grpc.ChannelConnectivity.READY:
-            budget = min(self._connect_timeout, timeout)
-            try:
-                async with asyncio.timeout(budget):
-                    while state is not grpc.ChannelConnectivity.READY:
-                        self._fail_fast(state)
-                        await self._channel.wait_for_state_change(state)
-                        state = self._channel.get_state(try_to_connect=True)
-            except TimeoutError:
-                if budget < self._connect_timeout:
-                    raise DeadlineExceeded(
-                        f"the {self.name} stage ({self.address}) could not be reached before the deadline"
-                    ) from None
-                raise self._unavailable(f"not reachable for {budget:g} s") from None
+            await self._wait_until_ready(state, min(self._connect_timeout, timeout))
         self._seen_ready = time.monotonic()
+
+    async def _wait_until_ready(self, state: grpc.ChannelConnectivity, budget: float) -> None:
+        try:
+            async with asyncio.timeout(budget):
+                while state is not grpc.ChannelConnectivity.READY:
+                    self._fail_fast(state)
+                    await self._channel.wait_for_state_change(state)
+                    state = self._channel.get_state(try_to_connect=True)
+        except TimeoutError:
+            if budget < self._connect_timeout:
+                raise DeadlineExceeded(
+                    f"the {self.name} stage ({self.address}) could not be reached before the deadline"
+                ) from None
+            raise self._unavailable(f"not reachable for {seconds(budget)} s") from None
 
     def _fail_fast(self, state: grpc.ChannelConnectivity) -> None:
         if state is grpc.ChannelConnectivity.SHUTDOWN:
@@ -166,10 +168,16 @@ class Stage:
         if code in _STAGE_WENT_AWAY:
             return self._unavailable(details)
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-            return DeadlineExceeded(f"the {self.name} stage ({self.address}) did not answer within {timeout:g} s")
+            late = f"the {self.name} stage ({self.address}) did not answer within {seconds(timeout)} s"
+            return DeadlineExceeded(late)
         if code in _STAGE_FAULT:
             return StageError(code, f"the {self.name} stage ({self.address}) failed: {details}")
         return StageError(code, details)  # the caller's mistake, in the stage's words
+
+
+def seconds(value: float) -> str:
+    """``value`` for a message: 120, 0.5, 119.99."""
+    return f"{round(value, 2):g}"
 
 
 def _left(deadline: float) -> float:

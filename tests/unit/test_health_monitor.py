@@ -125,7 +125,7 @@ async def test_loop_lag_is_measured() -> None:
     watcher = asyncio.create_task(watch_loop_lag(0.01))
     await asyncio.sleep(0.05)
     before = REGISTRY.get_sample_value("stepaudio_event_loop_lag_seconds_bucket", {"le": "0.1"}) or 0
-    time.sleep(0.2)  # blocks the loop on purpose
+    time.sleep(0.2)  # noqa: ASYNC251 - blocks the loop on purpose
     await asyncio.sleep(0.05)
     watcher.cancel()
     above_100ms = REGISTRY.get_sample_value("stepaudio_event_loop_lag_seconds_count") - (
@@ -171,7 +171,7 @@ async def test_serve_exits_non_zero_when_the_engine_cannot_recover(tmp_path: Pat
 
 async def wait_for_port(port_file: Path) -> int:
     for _ in range(250):
-        if port_file.exists() and (ports := port_file.read_text().split()):
+        if ports := await asyncio.to_thread(lambda: port_file.read_text().split() if port_file.exists() else []):
             return int(ports[0])
         await asyncio.sleep(0.02)
     raise TimeoutError("the server did not bind")

