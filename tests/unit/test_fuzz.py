@@ -363,6 +363,7 @@ class Fuzzing:
         self.errors.records.clear()
         outcome: Outcome = self.services.run(self.cluster.exchange(rpc, payloads))
         self.cases += 1
+        print("OUTCOME", rpc.name, outcome.code.name, outcome.details[:60].replace("\n", " "), flush=True)
         where = f"{rpc.name} answered {outcome.code.name}: {outcome.details!r} to {rpc.describe(payloads)}"
         assert outcome.code in DOCUMENTED, where
         undecodable = [index for index, payload in enumerate(payloads) if not rpc.decodes(payload)]

@@ -160,7 +160,8 @@ class VllmChatEngine(ChatEngine):
     async def _stream(self, prompt: list[int], params: SamplingParams, usage: Usage) -> AsyncIterator[str]:
         self._in_flight += 1
         try:
-            async for output in runtime.stream_request(self._llm, prompt, params, f"chat-{uuid.uuid4().hex}", self._watchdog
+            async for output in runtime.stream_request(
+                self._llm, prompt, params, f"chat-{uuid.uuid4().hex}", self._watchdog
             ):
                 completion = output.outputs[0]
                 usage.completion_tokens += len(completion.token_ids)
