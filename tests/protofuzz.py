@@ -136,6 +136,65 @@ def _message(draw: st.DrawFn, strategies: MessageStrategies, descriptor: descrip
     return message
 
 
+@st.composite
+def mutated(draw: st.DrawFn, strategies: MessageStrategies, base: Message, max_changes: int = 3) -> Message:
+    """``base`` (a valid request) with up to ``max_changes`` fields, at any depth, cleared or set to drawn values:
+    near misses that get past most validation and reach the code behind it."""
+    message = type(base)()
+    message.CopyFrom(base)
+    for _ in range(draw(st.integers(0, max_changes))):
+        _mutate(draw, strategies, message, 0)
+    return message
+
+
+def _mutate(draw: st.DrawFn, strategies: MessageStrategies, message: Message, depth: int) -> None:
+    fields = list(message.DESCRIPTOR.fields)
+    if not fields:
+        return
+    field = draw(st.sampled_from(fields))
+    value = getattr(message, field.name)
+    if field.type == Field.TYPE_MESSAGE and draw(st.booleans()):  # change something inside it instead
+        if field.is_repeated and len(value):
+            _mutate(draw, strategies, value[draw(st.integers(0, len(value) - 1))], depth + 1)
+            return
+        if not field.is_repeated and message.HasField(field.name):
+            _mutate(draw, strategies, value, depth + 1)
+            return
+    if draw(st.integers(0, 3)) == 0:
+        message.ClearField(field.name)
+        return
+    drawn = draw(strategies.field(field, depth))
+    if field.is_repeated:
+        message.ClearField(field.name)
+        getattr(message, field.name).extend(drawn)
+    elif field.type == Field.TYPE_MESSAGE:
+        value.CopyFrom(drawn)
+    else:
+        setattr(message, field.name, drawn)
+
+
+@st.composite
+def mutated_stream(draw: st.DrawFn, strategies: MessageStrategies, base: Sequence[Message]) -> list[Message]:
+    """A request stream near ``base``: a few fields of its messages changed, messages dropped, repeated or added."""
+    messages = []
+    for message in base:
+        copy = type(message)()
+        copy.CopyFrom(message)
+        messages.append(copy)
+    for _ in range(draw(st.integers(0, 2))):
+        _mutate(draw, strategies, messages[draw(st.integers(0, len(messages) - 1))], 0)
+    for _ in range(draw(st.integers(0, 1))):
+        operation = draw(st.sampled_from(["drop", "repeat", "add"]))
+        position = draw(st.integers(0, max(0, len(messages) - 1)))
+        if operation == "drop" and messages:
+            del messages[position]
+        elif operation == "repeat" and messages:
+            messages.insert(position, messages[position])
+        else:
+            messages.insert(position, draw(strategies.message(base[0].DESCRIPTOR)))
+    return messages
+
+
 # --- wire format ---------------------------------------------------------------------------------------------------
 
 VARINT, FIXED64, LENGTH_DELIMITED, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5

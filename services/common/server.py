@@ -38,7 +38,8 @@ RPC_SECONDS = Histogram(
 
 
 # Status details travel in a trailer, where grpc percent-encodes every byte outside printable ASCII (×3); a trailer
-# over the client's metadata limit (8 KiB by default) reaches it as INTERNAL instead of the status sent.
+# over the client's metadata limits (8 KiB soft, 16 KiB hard by default) reaches it as RESOURCE_EXHAUSTED "received
+# metadata size exceeds …" instead of the status sent.
 MAX_STATUS_DETAIL_BYTES = 2000
 
 
@@ -124,8 +125,8 @@ class _RequestDecoder:
         except Exception:
             scope.undecodable = (
                 f"{what} could not be decoded as {self.type_name}: it is not a valid protobuf encoding of that "
-                "message (truncated or corrupt bytes, a field of the wrong type, or a string field that is not "
-                "UTF-8); build requests with stubs generated from the stepaudio protos"
+                "message (truncated or corrupt bytes, or a string field that is not UTF-8); build requests with "
+                "stubs generated from the stepaudio protos"
             )
             raise InvalidArgument(scope.undecodable) from None
 

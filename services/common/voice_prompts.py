@@ -25,6 +25,8 @@ MAX_TRANSCRIPT_CHARS = 500
 MAX_DISPLAY_NAME_CHARS = 100
 AUDIO_TOKEN_BASE = 65536
 AUDIO_TOKEN_COUNT = 5120  # vq02 1024 + vq06 4096
+# 2 vq02 + 3 vq06 ids every 120 ms: a 30 s prompt has 1250 (one group of slack)
+MAX_PROMPT_TOKENS = round(MAX_PROMPT_SECONDS / 0.12) * 5 + 5
 # ASCII only: the id names the prompt's file (a 64-character id of 4-byte UTF-8 letters would exceed a file name's
 # 255 bytes), and Unicode ids that look the same can differ (NFC vs NFD). Used with fullmatch: "$" would accept "x\n".
 VOICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -92,6 +94,11 @@ def check_fields(
         raise InvalidArgument(
             f"transcript is {len(transcript)} characters; the limit is {MAX_TRANSCRIPT_CHARS}: "
             "use a shorter prompt clip"
+        )
+    if len(prompt_tokens) > MAX_PROMPT_TOKENS:
+        raise InvalidArgument(
+            f"{len(prompt_tokens)} prompt tokens is more than a {MAX_PROMPT_SECONDS:g} s prompt has "
+            f"({MAX_PROMPT_TOKENS}): send the tokens of the prompt audio"
         )
     for token in prompt_tokens:
         if not AUDIO_TOKEN_BASE <= token < AUDIO_TOKEN_BASE + AUDIO_TOKEN_COUNT:

@@ -164,10 +164,10 @@ async def test_the_reply_is_deterministic_punctuated_and_cut_into_clauses() -> N
     assert len(first) == 40 and usage.completion_tokens == 40 and usage.finish_reason == "stop"
     assert usage.prompt_tokens == 7
     reply = "".join(first)
-    assert reply[0].isupper() and reply.endswith(".") and reply.count(".") == 5 and reply.count(",") == 5
+    assert reply[0].isupper() and reply.endswith(".") and reply.count(".") == 4 and reply.count(",") == 3
     splitter = ClauseSplitter(6, 24)
     clauses = [clause for delta in first for clause in splitter.push(delta)] + splitter.flush()
-    assert len(clauses) >= 5 and "".join(clauses).replace(" ", "") == reply.replace(" ", "")
+    assert len(clauses) >= 4 and "".join(clauses).replace(" ", "") == reply.replace(" ", "")
     chinese, _, _ = await collect(engine, [Message("user", "今天天气怎么样？")])
     assert "。" in "".join(chinese) and "，" in "".join(chinese) and " " not in "".join(chinese)
     heard, _, _ = await collect(engine, [Message("user", "", audio_tokens="<audio_1><audio_2>")])
@@ -179,8 +179,9 @@ async def test_the_reply_comes_at_the_configured_pace() -> None:
         ChatSettings(synthetic_tokens_per_second=50, synthetic_first_token_seconds=0.2, synthetic_reply_words=11)
     )
     _, times, _ = await collect(engine, [Message("user", "hello")])
-    assert 0.19 <= times[0] <= 0.35
-    assert 0.19 <= times[-1] - times[0] <= 0.35  # 10 intervals of 20 ms
+    # Never faster than configured; the upper bounds leave room for a busy machine.
+    assert 0.19 <= times[0] <= 0.5
+    assert 0.19 <= times[-1] - times[0] <= 0.6  # 10 intervals of 20 ms
 
 
 async def test_max_tokens_and_the_context_bound_the_reply() -> None:
@@ -195,7 +196,7 @@ async def test_replies_stream_concurrently_and_closing_one_ends_its_work() -> No
     engine = SyntheticChatEngine(ChatSettings(synthetic_tokens_per_second=20, synthetic_reply_words=10))
     started = time.perf_counter()
     await asyncio.gather(*(collect(engine, [Message("user", f"question {n}")]) for n in range(100)))
-    assert time.perf_counter() - started < 1.5  # one reply takes 0.5 s; 100 at once must not queue
+    assert time.perf_counter() - started < 2.0  # one reply takes 0.5 s; 100 at once must not queue (50 s)
     streams = [engine.generate([Message("user", "hi")], SAMPLING, Usage()) for _ in range(3)]
     for stream in streams:
         await anext(stream)
@@ -255,8 +256,9 @@ async def test_tts_audio_comes_at_the_configured_real_time_factor_after_the_firs
     )
     chunks, times = await synthesize(engine, "a" * 31)  # 2.015 s of audio: 21 chunks
     assert len(chunks) == 21
-    assert 0.14 <= times[0] <= 0.3
-    assert 0.39 <= times[-1] - times[0] <= 0.55  # 20 chunks of 0.1 s at RTF 0.2
+    # Never faster than configured; the upper bounds leave room for a busy machine.
+    assert 0.14 <= times[0] <= 0.45
+    assert 0.39 <= times[-1] - times[0] <= 0.8  # 20 chunks of 0.1 s at RTF 0.2
 
 
 async def test_closing_a_synthesis_stops_it(tts_settings) -> None:
@@ -358,7 +360,7 @@ async def test_a_spoken_chat_turn_runs_through_the_stack_with_the_synthetic_engi
     spoken = np.concatenate([silence(0.2), tone(1.2), silence(0.6)])
     result = await gateway.chat(audio=wav_audio(wav(spoken, RATE)))
     assert result.user_transcript == "utterance 1 of 1.20 s"
-    assert result.reply_text.count(".") == 3 and result.summary.completion_tokens == 20
+    assert result.reply_text.count(".") == 2 and result.summary.completion_tokens == 20
     assert result.sample_rate_hz == 16000  # synthetic-en: an English reply
     assert len(result.pcm) // 2 == pytest.approx(speech_seconds(result.reply_text) * 16000, rel=0.05)
 

@@ -109,6 +109,12 @@ def test_language_codes_are_bounded_in_number_and_length() -> None:
         check_fields("v", "", "transcript", (), ("zh" + "-abc" * 8,))
 
 
+def test_prompt_tokens_are_bounded_by_what_a_30_s_prompt_has() -> None:
+    check_fields("v", "", "transcript", (65536,) * 1255, ())
+    with pytest.raises(InvalidArgument, match="1256 prompt tokens is more than a 30 s prompt has"):
+        check_fields("v", "", "transcript", (65536,) * 1256, ())
+
+
 @pytest.mark.parametrize("rate", [-16000, 1, 7999, 48001, 2**31 - 1])
 def test_a_pcm16_prompt_with_an_impossible_rate_is_invalid_argument(rate: int) -> None:
     with pytest.raises(InvalidArgument, match=f"format.sample_rate_hz {rate} is out of range"):

@@ -2,7 +2,7 @@
 
 For benchmarks and fault tests of the serving stack (docs/synthetic.md). The reply is a function of the last user
 message (its text and audio tokens): ``synthetic_reply_words`` words drawn from a small vocabulary — Chinese when
-the message holds Chinese characters, else English — in sentences of 8 words with a comma after the 4th, so the
+the message holds Chinese characters, else English — in sentences of 12 words with a comma after the 6th, so the
 gateway's clause splitter cuts it as it would a model's. One word is one token. The first token comes after
 ``synthetic_first_token_seconds``, then one every 1 / ``synthetic_tokens_per_second`` seconds on a fixed schedule
 (asyncio sleeps: any number of replies stream at once without a thread). Sampling parameters other than
@@ -22,8 +22,8 @@ from services.chat.settings import ChatSettings
 from services.common.errors import InvalidArgument
 from services.common.synthetic import check_health_switch, stable_seed
 
-SENTENCE_WORDS = 8
-COMMA_AFTER = 4
+SENTENCE_WORDS = 12  # a typical spoken sentence
+COMMA_AFTER = 6
 _ENGLISH = (
     "audio", "stream", "answer", "every", "clause", "steady", "voice", "model", "token", "reply", "quickly",
     "server", "gateway", "measured", "listen", "simple", "careful", "window", "signal", "bright", "river",

@@ -86,7 +86,13 @@ class SyntheticTtsEngine(TtsEngine):
 
     @classmethod
     def load(cls, settings: TtsSettings) -> SyntheticTtsEngine:
-        return cls(settings, VoiceRegistry.open(None, Path(settings.registry_dir)))
+        registry = VoiceRegistry.open(
+            None,
+            Path(settings.registry_dir),
+            max_voices=settings.max_cloned_voices,
+            max_bytes=settings.max_cloned_voice_bytes,
+        )
+        return cls(settings, registry)
 
     # --- voices ---------------------------------------------------------------------------------------------------
 
