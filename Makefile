@@ -63,7 +63,8 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix services client tools tests
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not own_process"
+	$(PY) -m pytest -q -m own_process
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -6,18 +6,30 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from typing import TYPE_CHECKING
 
 import pytest
-from llama_cpp import Llama
 
 from services.chat.engine import Message, Sampling, Usage
-from services.chat.engines.embedded import EmbeddedChatEngine, resolve_model_path
 from services.chat.settings import ChatSettings
 from services.common.errors import EngineUnhealthy
+
+if TYPE_CHECKING:
+    from llama_cpp import Llama
+
+    from services.chat.engines.embedded import EmbeddedChatEngine
+
+# llama.cpp is loaded into this process, which then cannot load Silero VAD (and the reverse): `make test` runs
+# these tests in a pytest run of their own, and llama.cpp is imported only when they run.
+pytestmark = pytest.mark.own_process
 
 
 @pytest.fixture(scope="module")
 def llm() -> Llama:
+    from llama_cpp import Llama
+
+    from services.chat.engines.embedded import resolve_model_path
+
     settings = ChatSettings()
     path = resolve_model_path(settings)
     return Llama(model_path=str(path), n_ctx=settings.context_tokens, n_threads=settings.threads, verbose=False)
@@ -25,6 +37,8 @@ def llm() -> Llama:
 
 def engine_with(llm: Llama, stall_seconds: float) -> EmbeddedChatEngine:
     """An engine on the shared model. Each has its own generation thread: tests must end their generations."""
+    from services.chat.engines.embedded import EmbeddedChatEngine
+
     return EmbeddedChatEngine(llm, "test", ChatSettings(engine_stall_seconds=stall_seconds))
 
 

@@ -220,7 +220,8 @@ async def test_a_hung_encoder_makes_the_engine_unhealthy(step_audio_engine, monk
 
     def tokenize_one_clip() -> None:
         stream.feed(np.full(3200, 0.1, np.float32))
-        stream.finish()  # the last vq06 window: hangs
+        with pytest.raises(InvalidArgument):  # once released, the stubbed vq06 has given no codes
+            stream.finish()  # the last vq06 window: hangs until released
 
     worker = threading.Thread(target=tokenize_one_clip)
     try:
