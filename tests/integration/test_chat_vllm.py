@@ -21,6 +21,7 @@ from stepaudio.common.v1 import speech_pb2
 
 from services.chat.engine import Message
 from services.chat.prompt import after_special, build_prompt
+from tests.integration.engine_core import kill_engine_cores
 from tests.unit.test_stage_servicers import assert_serving, expect_code
 from tools.bench_chat_vllm import VLLM_PYTHON, ServiceProcess, metric_values
 from tools.cluster import health_status
@@ -216,8 +217,6 @@ def test_a_dead_engine_core_makes_the_service_not_serving_and_exit_non_zero(
 ) -> None:
     """The engine side dies (vLLM's engine core process, SIGKILL): the service must stop answering SERVING and exit
     with code 1 so the orchestrator restarts it — not keep a dead front end SERVING."""
-    import psutil
-
     models_dir = tmp_path_factory.mktemp("models-kill")
     write_tiny_step1(models_dir, tie_word_embeddings=None, max_seq_len=MAX_MODEL_LEN)
     doomed = ServiceProcess(
@@ -226,15 +225,8 @@ def test_a_dead_engine_core_makes_the_service_not_serving_and_exit_non_zero(
     doomed.start()
     try:
         chat = doomed.cluster.services["chat"]
-        cores = [
-            child
-            for child in psutil.Process(chat.process.pid).children(recursive=True)
-            if "EngineCore" in " ".join(child.cmdline()) or "EngineCore" in child.name()
-        ]
-        assert cores, "no vLLM engine core child process found"
         assert health_status(chat.address) == health_pb2.HealthCheckResponse.SERVING
-        for core in cores:
-            core.kill()
+        assert kill_engine_cores(chat.process.pid) >= 1, "no vLLM engine core child process found"
         exit_code = chat.process.wait(30)
         assert exit_code == 1, f"exit code {exit_code}; see {doomed.log_file}"
         assert "engine cannot recover" in doomed.log_file.read_text()

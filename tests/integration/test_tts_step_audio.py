@@ -22,6 +22,7 @@ import pytest
 from stepaudio.common.v1 import speech_pb2
 from stepaudio.tts.v1 import tts_pb2, tts_pb2_grpc
 
+from tests.integration.engine_core import kill_engine_cores
 from tools.bench_chat_vllm import CPU_TEST_ENV, VLLM_PYTHON, metric_values
 from tools.cluster import LocalCluster, health_status, shared_data_dir
 from tools.tiny_models import write_step_audio_tts
@@ -244,3 +245,18 @@ def test_without_the_rule_the_tiny_model_repeats(
         assert record["repetition_violations"] > record["generated_ids"] // 2
     finally:
         assert other.stop() == 0
+
+
+def test_a_dead_engine_core_makes_the_service_exit_non_zero(
+    tmp_path_factory: pytest.TempPathFactory, tiny: tuple[Path, Path]
+) -> None:
+    """The LM's engine core dies (SIGKILL): the tts service must exit with code 1 (the orchestrator restarts it)."""
+    doomed = start_service(tmp_path_factory, tiny, TTS_HEALTH_CHECK_INTERVAL_SECONDS="0.5")
+    try:
+        tts = doomed.cluster.services["tts"]
+        assert kill_engine_cores(tts.process.pid) >= 1, "no vLLM engine core child process found"
+        exit_code = tts.process.wait(30)
+        assert exit_code == 1, f"exit code {exit_code}; see {doomed.log_file}"
+        assert "engine cannot recover" in doomed.log_file.read_text()
+    finally:
+        doomed.stop(10)
