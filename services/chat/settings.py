@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.chat.engine import Sampling
 from services.common.settings import ServiceSettings
 
 
@@ -94,3 +95,13 @@ class ChatSettings(ServiceSettings):
         description="synthetic: while this file exists the liveness check fails (the file holding 'fatal': "
         "unrecoverable, the service exits). Empty: never fails. For fault tests.",
     )
+
+    def default_sampling(self) -> Sampling:
+        """The sampling a request gets for the fields it leaves unset (embedded and synthetic engines)."""
+        return Sampling(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            max_tokens=self.max_tokens,
+            repetition_penalty=self.repetition_penalty,
+        )

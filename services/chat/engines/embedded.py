@@ -67,13 +67,7 @@ class EmbeddedChatEngine(ChatEngine):
             model=model_name,
             supports_audio_tokens=False,
             max_context_tokens=settings.context_tokens,
-            default_sampling=Sampling(
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                top_k=settings.top_k,
-                max_tokens=settings.max_tokens,
-                repetition_penalty=settings.repetition_penalty,
-            ),
+            default_sampling=settings.default_sampling(),
         )
 
     @classmethod

@@ -74,13 +74,7 @@ class SyntheticChatEngine(ChatEngine):
             model="synthetic",
             supports_audio_tokens=True,
             max_context_tokens=settings.context_tokens,
-            default_sampling=Sampling(
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                top_k=settings.top_k,
-                max_tokens=settings.max_tokens,
-                repetition_penalty=settings.repetition_penalty,
-            ),
+            default_sampling=settings.default_sampling(),
         )
 
     @property
