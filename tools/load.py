@@ -17,8 +17,10 @@ serving stack. Each stream is one simulated user doing turns back to back, one k
 After a turn the user listens: the next turn starts once the reply audio has played (real time from its first
 chunk). Measured at the client: turns and errors by status code, time to first audio (from the request, or for
 ``streaming`` from the end of the speech, which includes the VAD endpoint silence) and the gaps between
-consecutive audio chunks of a reply; at the services: RSS and CPU. ``--soak MINUTES`` keeps the load on for that
-long, samples each service's RSS every minute and reports its growth from the first minute.
+consecutive audio chunks of a reply; at the services (when this tool started them, not with ``--address``): CPU,
+RSS and their own histograms (event-loop lag; the gateway's TTS first chunk and chunk gaps), which tell where a
+delay arises. ``--soak MINUTES`` keeps the load on for that long, samples each service's RSS every minute and reports
+its growth from the first minute.
 
 Exit code 0 when the run met the targets (no errors, p99 chunk gap within ``--max-gap-ms``; for a soak, RSS growth
 within ``--max-growth-percent``), 1 otherwise. A benchmark, not a test: results go to docs/benchmarks.md.
@@ -32,8 +34,10 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
+import urllib.request
 from array import array
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -389,13 +393,64 @@ class ProcessSampler:
         now = self._cpu()
         self.cpu = {name: round(100 * (now[name] - self._cpu_start[name]) / wall, 1) for name in now}
         # The whole machine, in % of one core: what else ran beside the benchmark (a shared machine).
-        busy = _busy_seconds(psutil.cpu_times()) - _busy_seconds(self._machine_start)
+        machine = psutil.cpu_times()
+        busy = _busy_seconds(machine) - _busy_seconds(self._machine_start)
         self.cpu["machine"] = round(100 * busy / wall, 1)
         self.cpu["others"] = round(self.cpu["machine"] - sum(v for k, v in self.cpu.items() if k != "machine"), 1)
+        # A virtual machine's CPU taken by its host: time the benchmark wanted and did not get.
+        self.cpu["steal"] = round(
+            100 * (getattr(machine, "steal", 0) - getattr(self._machine_start, "steal", 0)) / wall, 1
+        )
 
 
 def _busy_seconds(times: psutil._common.scputimes) -> float:
     return times.user + times.nice + times.system + getattr(times, "irq", 0) + getattr(times, "softirq", 0)
+
+
+# Histograms read from the services' /metrics before and after the load: they locate delays (which event loop lags,
+# whether a gap is already there when the gateway sends a chunk, how long the TTS stage takes to its first chunk).
+SERVICE_HISTOGRAMS = {
+    "stepaudio_event_loop_lag_seconds": ("gateway", "tokenizer", "chat", "tts"),
+    "stepaudio_gateway_inter_chunk_gap_seconds": ("gateway",),
+    "stepaudio_gateway_tts_first_chunk_seconds": ("gateway",),
+    "stepaudio_gateway_chat_time_to_first_token_seconds": ("gateway",),
+    "stepaudio_gateway_time_to_first_audio_seconds": ("gateway",),
+}
+_BUCKET = re.compile(r'^(\w+)_bucket\{(?:[^}]*,)?le="([^"]+)"[^}]*\}\s+(\S+)$')
+
+
+def read_histograms(metrics_urls: dict[str, str]) -> dict[str, dict[str, dict[float, float]]]:
+    """{service: {histogram: {upper bound: cumulative count}}} of SERVICE_HISTOGRAMS (blocking: call on a thread)."""
+    result: dict[str, dict[str, dict[float, float]]] = {}
+    for service, url in metrics_urls.items():
+        wanted = {name for name, services in SERVICE_HISTOGRAMS.items() if service in services}
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read().decode()
+        histograms: dict[str, dict[float, float]] = {}
+        for line in text.splitlines():
+            match = _BUCKET.match(line)
+            if match and match.group(1) in wanted:
+                buckets = histograms.setdefault(match.group(1), {})
+                bound = float(match.group(2))
+                buckets[bound] = buckets.get(bound, 0.0) + float(match.group(3))
+        result[service] = histograms
+    return result
+
+
+def histogram_delta(before: dict, after: dict) -> dict[str, dict[str, dict]]:
+    """p50 and p99 of what each histogram recorded between the two readings, as bucket upper bounds (seconds)."""
+    report: dict[str, dict[str, dict]] = {}
+    for service, histograms in after.items():
+        for name, buckets in histograms.items():
+            earlier = before.get(service, {}).get(name, {})
+            counts = sorted((bound, count - earlier.get(bound, 0.0)) for bound, count in buckets.items())
+            total = counts[-1][1] if counts else 0.0
+            summary: dict = {"count": int(total)}
+            for label, quantile in (("p50_at_most", 0.5), ("p99_at_most", 0.99)):
+                if total:
+                    summary[label] = next(bound for bound, count in counts if count >= quantile * total)
+            report.setdefault(service, {})[name.removeprefix("stepaudio_")] = summary
+    return report
 
 
 async def loop_lag(samples: array, stop: asyncio.Event) -> None:
@@ -415,7 +470,7 @@ def assign_kinds(streams: int, mix: dict[str, int]) -> list[str]:
     return [cycle[i % len(cycle)] for i in range(streams)]
 
 
-async def drive(args: argparse.Namespace, address: str, pids: dict[str, int]) -> dict:
+async def drive(args: argparse.Namespace, address: str, pids: dict[str, int], metrics_urls: dict[str, str]) -> dict:
     mix = parse_mix(args.mix)
     kinds = assign_kinds(args.streams, mix)
     stats = {kind: KindStats() for kind in KINDS if kind in kinds}
@@ -444,21 +499,27 @@ async def drive(args: argparse.Namespace, address: str, pids: dict[str, int]) ->
         f"{args.ramp:g} s, then {minutes:g} min of load...",
         file=sys.stderr,
     )
-    sampling = asyncio.create_task(sample_rss(sampler, started + args.ramp, args.sample_seconds, tasks))
+    measuring = asyncio.create_task(
+        measure_services(sampler, metrics_urls, started + args.ramp, args.sample_seconds, tasks)
+    )
     await asyncio.gather(*tasks)
     stop.set()
-    await asyncio.gather(lag_task, sampling)
+    _, histograms = await asyncio.gather(lag_task, measuring)
     elapsed = time.perf_counter() - started
     sampler.sample((time.perf_counter() - started - args.ramp) / 60)
     for channel in channels:
         await channel.close()
-    return summarize(args, stats, sampler, lag, elapsed, mix)
+    return summarize(args, stats, sampler, lag, elapsed, mix, histograms)
 
 
-async def sample_rss(sampler: ProcessSampler, load_start: float, interval: float, tasks: list) -> None:
-    """RSS every ``interval`` seconds of full load (the first at its start); CPU counted from the end of the ramp."""
+async def measure_services(
+    sampler: ProcessSampler, metrics_urls: dict[str, str], load_start: float, interval: float, tasks: list
+) -> dict:
+    """From the end of the ramp to the end of the load: RSS every ``interval`` seconds (the first at the start), CPU,
+    and what the services' histograms recorded meanwhile."""
     await asyncio.sleep(max(0.0, load_start - time.perf_counter()))
     sampler.start_cpu()
+    before = await asyncio.to_thread(read_histograms, metrics_urls)
     next_sample = load_start
     while not all(task.done() for task in tasks):
         if time.perf_counter() >= next_sample:
@@ -466,6 +527,7 @@ async def sample_rss(sampler: ProcessSampler, load_start: float, interval: float
             next_sample += interval
         await asyncio.sleep(1.0)
     sampler.stop_cpu()
+    return histogram_delta(before, await asyncio.to_thread(read_histograms, metrics_urls))
 
 
 def growth(samples: list[dict], baseline_minute: float) -> dict[str, float]:
@@ -476,7 +538,13 @@ def growth(samples: list[dict], baseline_minute: float) -> dict[str, float]:
 
 
 def summarize(
-    args: argparse.Namespace, stats: dict[str, KindStats], sampler: ProcessSampler, lag: array, elapsed: float, mix
+    args: argparse.Namespace,
+    stats: dict[str, KindStats],
+    sampler: ProcessSampler,
+    lag: array,
+    elapsed: float,
+    mix: dict[str, int],
+    histograms: dict,
 ) -> dict:
     errors: Counter = Counter()
     first_audio, gaps = array("d"), array("d")
@@ -502,6 +570,7 @@ def summarize(
         "chunk_gap_seconds": percentiles(gaps),
         "by_kind": {kind: s.report() for kind, s in stats.items()},
         "client_loop_lag_seconds": percentiles(lag),
+        "service_histograms": histograms,
         "cpu_percent": sampler.cpu,
         "rss_samples": sampler.samples,
         "rss_growth_percent": growth(sampler.samples, 1.0 if args.soak else 0.0) if sampler.samples else {},
@@ -549,6 +618,13 @@ def print_report(result: dict) -> None:
         f"client event-loop lag: p99 {ms(result['client_loop_lag_seconds'], 'p99')}, "
         f"max {ms(result['client_loop_lag_seconds'], 'max')}"
     )
+    for service, histograms in result["service_histograms"].items():
+        for name, summary in histograms.items():
+            if summary["count"]:
+                print(
+                    f"{service} {name}: p50 <= {1000 * summary['p50_at_most']:g} ms, "
+                    f"p99 <= {1000 * summary['p99_at_most']:g} ms ({summary['count']})"
+                )
     print(
         "CPU % (of one core) since the end of the ramp: "
         + ", ".join(f"{name} {value}" for name, value in result["cpu_percent"].items())
@@ -624,7 +700,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.address:
-        result = asyncio.run(drive(args, args.address, {}))
+        result = asyncio.run(drive(args, args.address, {}, {}))
     else:
         run_dir = Path(args.run_dir)
         env = {
@@ -638,7 +714,8 @@ def main(argv: list[str] | None = None) -> int:
         cluster.start(timeout=120)
         try:
             pids = {name: service.process.pid for name, service in cluster.services.items()}
-            result = asyncio.run(drive(args, cluster.gateway_address, pids))
+            metrics_urls = {name: service.metrics_url for name, service in cluster.services.items()}
+            result = asyncio.run(drive(args, cluster.gateway_address, pids, metrics_urls))
         finally:
             exit_codes = cluster.stop()
         result["exit_codes"] = exit_codes
