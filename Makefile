@@ -67,7 +67,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q -m own_process tests/unit/chat
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -q tests/unit
+	$(PY) -m pytest -q tests/unit -m "not own_process"
+	$(PY) -m pytest -q -m own_process tests/unit/chat
 
 test-integration: $(STAMP)
 	$(PY) -m pytest -q tests/integration
