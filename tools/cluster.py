@@ -1,4 +1,5 @@
-"""Run the four services as local processes (``make up`` / ``make down``, demo, tests, bench).
+"""Run the four services as local processes (``make up`` / ``make down``, demo, tests, bench), and the HTTP
+front door on top of them when asked (``make up`` does).
 
     python -m tools.cluster up      # start in the background, wait until every service is SERVING
     python -m tools.cluster status
@@ -16,6 +17,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,12 @@ def shared_data_dir() -> Path:
 
 
 STAGES = ("tokenizer", "chat", "tts")
-DEFAULT_PORTS = {"gateway": (50051, 9091), "tokenizer": (50052, 9092), "chat": (50053, 9093), "tts": (50054, 9094)}
+# The HTTP service serves its API, WebSocket and /metrics on one port (its port file names it twice).
+DEFAULT_PORTS = {
+    "gateway": (50051, 9091), "tokenizer": (50052, 9092), "chat": (50053, 9093), "tts": (50054, 9094),
+    "http": (8080, 8080),
+}  # fmt: skip
+SHUTDOWN_ORDER = ("http", "gateway", *STAGES)
 
 
 @dataclass
@@ -57,6 +65,11 @@ class ServiceProcess:
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
+    def is_ready(self) -> bool:
+        if self.name == "http":
+            return http_ready(f"http://127.0.0.1:{self.grpc_port}")
+        return health_status(self.address) == health_pb2.HealthCheckResponse.SERVING
+
 
 def health_status(address: str, timeout: float = 2.0) -> int:
     """grpc.health.v1 status of ``address`` ("" service), or -1 when unreachable."""
@@ -68,13 +81,24 @@ def health_status(address: str, timeout: float = 2.0) -> int:
     return response.status
 
 
+def http_ready(base_url: str, timeout: float = 2.0) -> bool:
+    """True when the HTTP service's /readyz answers 200 (its gateway is SERVING)."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/readyz", timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 @dataclass
 class LocalCluster:
-    """Starts the stages, then the gateway pointed at them. ``fixed_ports`` False: free ports."""
+    """Starts the stages, then the gateway pointed at them, then (``with_http``) the HTTP service pointed at the
+    gateway. ``fixed_ports`` False: free ports."""
 
     run_dir: Path
     fixed_ports: bool = False
     detached: bool = False  # True: services outlive this process (``make up``)
+    with_http: bool = False
     env: dict[str, str] = field(default_factory=dict)
     # Per service (name -> value): another Python interpreter (e.g. .venv-vllm/bin/python for the step-audio
     # profile's chat and tts), extra environment on top of ``env``. Default: this interpreter, ``env`` only.
@@ -88,9 +112,11 @@ class LocalCluster:
         port_file.unlink(missing_ok=True)
         log_file = self.run_dir / f"{name}.log"
         grpc_port, metrics_port = ports or (DEFAULT_PORTS[name] if self.fixed_ports else (0, 0))
+        ports_args = ["--port", str(grpc_port)] if name == "http" else [
+            "--port", str(grpc_port), "--metrics-port", str(metrics_port)
+        ]  # fmt: skip
         args = [
-            self.python.get(name, sys.executable), "-m", f"services.{name}",
-            "--port", str(grpc_port), "--metrics-port", str(metrics_port), "--port-file", str(port_file),
+            self.python.get(name, sys.executable), "-m", f"services.{name}", *ports_args, "--port-file", str(port_file),
             *extra_args,
         ]  # fmt: skip
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **self.service_env.get(name, {})}
@@ -111,7 +137,7 @@ class LocalCluster:
                 raise RuntimeError(f"{service.name} exited with {service.process.returncode}:\n{tail}")
             if service.port_file.exists() and (text := service.port_file.read_text().split()):
                 service.grpc_port, service.metrics_port = int(text[0]), int(text[1])
-                if health_status(service.address) == health_pb2.HealthCheckResponse.SERVING:
+                if service.is_ready():
                     return
             time.sleep(0.2)
         raise TimeoutError(f"{service.name} did not become SERVING in time; see {service.log_file}")
@@ -133,6 +159,9 @@ class LocalCluster:
                 ],
             )  # fmt: skip
             self._wait_ready(gateway, deadline)
+            if self.with_http:
+                http = self._spawn("http", ["--gateway-address", gateway.address])
+                self._wait_ready(http, deadline)
         except BaseException:
             self.stop()
             raise
@@ -160,9 +189,14 @@ class LocalCluster:
     def gateway_address(self) -> str:
         return self.services["gateway"].address
 
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP service (``with_http``), e.g. ``http://127.0.0.1:8080``; the API is under /v1."""
+        return f"http://127.0.0.1:{self.services['http'].grpc_port}"
+
     def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
-        """SIGTERM every service (gateway first), wait, SIGKILL what is left; return exit codes."""
-        for name in ("gateway", *STAGES):
+        """SIGTERM every service (HTTP, then gateway, first), wait, SIGKILL what is left; return exit codes."""
+        for name in SHUTDOWN_ORDER:
             service = self.services.get(name)
             if service and service.process.poll() is None:
                 service.process.send_signal(signal.SIGTERM)
@@ -180,8 +214,8 @@ STATE_FILE = "cluster.json"
 
 
 def _up(run_dir: Path) -> int:
-    cluster = LocalCluster(run_dir, fixed_ports=True, detached=True)
-    print("starting tokenizer, chat, tts, then gateway (first start assembles the models)...", file=sys.stderr)
+    cluster = LocalCluster(run_dir, fixed_ports=True, detached=True, with_http=True)
+    print("starting tokenizer, chat, tts, gateway, then http (first start assembles the models)...", file=sys.stderr)
     cluster.start()
     state = {
         name: {"pid": s.process.pid, "grpc_port": s.grpc_port, "metrics_port": s.metrics_port, "log": str(s.log_file)}
@@ -189,6 +223,9 @@ def _up(run_dir: Path) -> int:
     }
     (run_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
     for name, entry in state.items():
+        if name == "http":
+            print(f"{name:<10} http://127.0.0.1:{entry['grpc_port']}  (OpenAI API under /v1, web app at /)")
+            continue
         print(
             f"{name:<10} grpc 127.0.0.1:{entry['grpc_port']}  metrics http://127.0.0.1:{entry['metrics_port']}/metrics"
         )
@@ -201,7 +238,7 @@ def _down(run_dir: Path) -> int:
         print("no cluster is recorded as running", file=sys.stderr)
         return 0
     state = json.loads(state_path.read_text())
-    for name in ("gateway", *STAGES):
+    for name in SHUTDOWN_ORDER:
         pid = state.get(name, {}).get("pid")
         if pid:
             try:
@@ -226,6 +263,10 @@ def _status(run_dir: Path) -> int:
         print("not running")
         return 1
     for name, entry in json.loads(state_path.read_text()).items():
+        if name == "http":
+            label = "READY" if http_ready(f"http://127.0.0.1:{entry['grpc_port']}") else "NOT READY"
+            print(f"{name:<10} pid {entry['pid']:<8} {label}")
+            continue
         status = health_status(f"127.0.0.1:{entry['grpc_port']}")
         label = {-1: "UNREACHABLE"}.get(status) or health_pb2.HealthCheckResponse.ServingStatus.Name(status)
         print(f"{name:<10} pid {entry['pid']:<8} {label}")

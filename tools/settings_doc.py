@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings
 
 from services.chat.settings import ChatSettings
 from services.gateway.settings import GatewaySettings
+from services.http.settings import HttpSettings
 from services.tokenizer.settings import TokenizerSettings
 from services.tts.settings import TtsSettings
 
@@ -17,6 +18,7 @@ SERVICES: list[tuple[str, type[BaseSettings]]] = [
     ("tokenizer", TokenizerSettings),
     ("chat", ChatSettings),
     ("tts", TtsSettings),
+    ("http", HttpSettings),
 ]
 
 
@@ -24,7 +26,8 @@ def table(settings: type[BaseSettings]) -> list[str]:
     prefix = settings.model_config.get("env_prefix", "")
     lines = ["| environment | flag | default | meaning |", "|---|---|---|---|"]
     for name, field in settings.model_fields.items():
-        default = repr(field.default) if field.default != "" else '""'
+        value = field.get_default(call_default_factory=True, validated_data={})
+        default = repr(value) if value != "" else '""'
         flag = "--" + name.replace("_", "-")
         lines.append(f"| `{prefix}{name.upper()}` | `{flag}` | `{default}` | {field.description} |")
     return lines

@@ -96,6 +96,7 @@ class Cluster:
         context = serving(settings, gateway_pb2_grpc.add_GatewayServiceServicer_to_server, servicer, "gateway")
         address = await context.__aenter__()
         self.stack.append(context)
+        self.address = address
         self.client = GatewayClient(address)
         return self.client
 
