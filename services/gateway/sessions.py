@@ -91,11 +91,14 @@ class SessionStore:
 
     async def delete(self, session_id: str) -> None:
         path = self._path(session_id)
-        try:
-            await run_blocking(path.unlink)
-        except FileNotFoundError:
-            raise NotFound(f"session {session_id} does not exist") from None
-        self._locks.pop(session_id, None)
+        # Under the session's lock: a turn being stored (read, add, write) would otherwise write it back.
+        async with self.lock(session_id):
+            try:
+                await run_blocking(path.unlink)
+            except FileNotFoundError:
+                raise NotFound(f"session {session_id} does not exist") from None
+            finally:
+                self._locks.pop(session_id, None)
         if self._count:
             self._count -= 1
 
