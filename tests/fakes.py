@@ -126,11 +126,13 @@ class FakeTtsEngine(TtsEngine):
 
     def __init__(self) -> None:
         self.texts: list[tuple[str, str, Controls]] = []
+        self.extra_voices: tuple[str, ...] = ()  # more voice ids (16 kHz, no controls), e.g. "fake-ja"
 
     def voices(self) -> list[VoiceInfo]:
         return [
-            VoiceInfo("fake-en", "Fake English", ("en-US",), 16000, "fake", ("speed", "volume")),
+            VoiceInfo("fake-en", "Fake English", ("en-US",), 16000, "fake", ("speed", "volume", "pitch")),
             VoiceInfo("fake-zh", "Fake Mandarin", ("zh-CN",), 24000, "fake", ("volume",)),
+            *(VoiceInfo(voice_id, voice_id, ("ja-JP",), 16000, "fake", ()) for voice_id in self.extra_voices),
         ]
 
     @property

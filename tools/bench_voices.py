@@ -17,13 +17,15 @@ TEXTS = {
     "Afterwards, we might visit the museum.",
     "zh-baker": "今天天气很好，我们去公园散步吧。可以带一些三明治。"
     "之后我们还可以去参观博物馆。博物馆里有很多有趣的展品。",
+    "ja-mei": "今日はいい天気ですね。公園を散歩しましょう。サンドイッチを持っていきましょう。"
+    "そのあと、博物館に行くのもいいですね。",
 }
 
 
 async def measure() -> None:
     started = time.perf_counter()
     engine = await asyncio.to_thread(create_engine, TtsSettings())
-    print(f"engine load (both voice workers, in parallel): {time.perf_counter() - started:.2f} s")
+    print(f"engine load (all voice workers, in parallel): {time.perf_counter() - started:.2f} s")
     try:
         voices = {voice.voice_id: voice for voice in engine.voices()}
         for voice_id, text in TEXTS.items():

@@ -1,6 +1,6 @@
-"""The CPU demo: four services as separate processes, a spoken question and a Chinese text
-question in one session, spoken replies written as WAV files and checked by transcribing them
-back, then the gateway's latency metrics. Run with ``make demo``."""
+"""The CPU demo: four services as separate processes, a spoken question, a Chinese and a Japanese
+text question in one session, spoken replies (each in a voice of its language) written as WAV files
+and checked by transcribing them back, then the gateway's latency metrics. Run with ``make demo``."""
 
 from __future__ import annotations
 
@@ -14,12 +14,14 @@ from stepaudio.common.v1 import speech_pb2
 from stepaudio_client.cli import write_wav
 from stepaudio_client.client import GatewayClient, TurnResult, pcm16_audio, wav_audio
 
+from services.gateway.clauses import reply_language
 from tools.cluster import ROOT, LocalCluster, shared_data_dir
 from tools.speech_check import character_error_rate, speakable_reference
 
 RECORDING = shared_data_dir() / "Tingting_prompt.wav"
 ENGLISH_QUESTION = "What is the tallest mountain in the world?"
 CHINESE_QUESTION = "请用一句话介绍一下长城。"
+JAPANESE_QUESTION = "日本で一番高い山は何ですか？日本語で一文で答えてください。"
 MAX_CER = 0.35
 # Seeded and cooler than the default so the demo is repeatable.
 SAMPLING = speech_pb2.SamplingParams(temperature=0.3, seed=7)
@@ -73,6 +75,7 @@ async def conversation(address: str, metrics_url: str) -> int:
         turns = [
             (f"spoken question ({source})", {"audio": wav_audio(question)}),
             ("Chinese text question", {"text": CHINESE_QUESTION}),
+            ("Japanese text question", {"text": JAPANESE_QUESTION}),
         ]
         for number, (label, inputs) in enumerate(turns, 1):
             print(f"\nturn {number}: {label}")
@@ -92,6 +95,9 @@ async def conversation(address: str, metrics_url: str) -> int:
                 print("  FAIL: no reply audio")
                 failures += 1
                 continue
+            if inputs.get("text") == JAPANESE_QUESTION and reply_language(turn.reply_text) != "ja":
+                print("  FAIL: the reply to the Japanese question is not Japanese")
+                failures += 1
             if await check_reply(client, turn, out / f"turn{number}.wav") > MAX_CER:
                 print("  FAIL: the reply audio does not say the reply text")
                 failures += 1

@@ -36,7 +36,21 @@ def write_wav(path: Path, pcm: bytes, sample_rate_hz: int) -> None:
 
 
 def _controls(args: argparse.Namespace) -> speech_pb2.VoiceControls:
-    return speech_pb2.VoiceControls(speed=args.speed, volume=args.volume)
+    return speech_pb2.VoiceControls(speed=args.speed, volume=args.volume, pitch=args.pitch)
+
+
+def heard(transcript: speech_pb2.Transcript) -> str:
+    """The user's transcript, with how they sounded when an engine could tell."""
+    detected = transcript.emotion
+    if not detected.emotion:
+        return transcript.text
+    name = speech_pb2.SpeakerEmotion.Name(detected.emotion).removeprefix("SPEAKER_EMOTION_").lower()
+    score = f" {detected.confidence:.2f}" if detected.HasField("confidence") else ""
+    return f"{transcript.text}  [{name}{score}, {detected.engine}]"
+
+
+def _reply_mode(args: argparse.Namespace) -> int:
+    return gateway_pb2.REPLY_MODE_EMPATHETIC if args.empathetic else gateway_pb2.REPLY_MODE_UNSPECIFIED
 
 
 class _Progress:
@@ -65,6 +79,7 @@ async def cmd_chat(client: GatewayClient, args: argparse.Namespace) -> int:
         voice_id=args.voice or "",
         controls=_controls(args),
         text_only=args.text_only,
+        reply_mode=_reply_mode(args),
         timeout=args.timeout,
     )
     pcm = bytearray()
@@ -75,7 +90,7 @@ async def cmd_chat(client: GatewayClient, args: argparse.Namespace) -> int:
     async for event in call:
         kind = event.WhichOneof("event")
         if kind == "user_transcript":
-            print(f"you: {event.user_transcript.text}")
+            print(f"you: {heard(event.user_transcript)}")
             print("assistant: ", end="", flush=True)
         elif kind == "reply_text_delta":
             print(event.reply_text_delta, end="", flush=True)
@@ -122,6 +137,7 @@ async def cmd_converse(client: GatewayClient, args: argparse.Namespace) -> int:
                 ),
                 session_id=args.session or "",
                 voice_id=args.voice or "",
+                reply_mode=_reply_mode(args),
             )
         )
     )
@@ -148,7 +164,7 @@ async def cmd_converse(client: GatewayClient, args: argparse.Namespace) -> int:
     async for event in client.stub.StreamingChat(request_stream(), timeout=args.timeout):
         kind = event.WhichOneof("event")
         if kind == "user_transcript":
-            print(f"you: {event.user_transcript.text}\nassistant: ", end="", flush=True)
+            print(f"you: {heard(event.user_transcript)}\nassistant: ", end="", flush=True)
         elif kind == "reply_text_delta":
             print(event.reply_text_delta, end="", flush=True)
         elif kind == "audio":
@@ -244,6 +260,9 @@ def parser() -> argparse.ArgumentParser:
     chat.add_argument("--session", help="session id (from `stepaudio session create`)")
     chat.add_argument("--out", help="write the spoken reply to this WAV file")
     chat.add_argument("--text-only", action="store_true", help="no speech, text reply only")
+    chat.add_argument(
+        "--empathetic", action="store_true", help="let the user's detected emotion choose the reply's emotion"
+    )
     chat.set_defaults(run=cmd_chat)
 
     tts = commands.add_parser("tts", help="synthesise text to a WAV file")
@@ -256,12 +275,16 @@ def parser() -> argparse.ArgumentParser:
         command.add_argument("--voice", help="voice id (see `stepaudio voices`)")
         command.add_argument("--speed", type=float, default=0.0, help="0.5..2.0 (default 1.0)")
         command.add_argument("--volume", type=float, default=0.0, help="0.1..2.0 (default 1.0)")
+        command.add_argument("--pitch", type=float, default=0.0, help="semitones, -4..4 (default 0: unchanged)")
 
     converse = commands.add_parser("converse", help="a real-time voice conversation from WAV files (StreamingChat)")
     converse.add_argument("files", nargs="+", help="16-bit WAV files, one utterance each, streamed in real time")
     converse.add_argument("--session", help="session id")
     converse.add_argument("--voice", help="voice id")
     converse.add_argument("--out", help="write each reply to OUT-N.wav")
+    converse.add_argument(
+        "--empathetic", action="store_true", help="let the user's detected emotion choose each reply's emotion"
+    )
     converse.set_defaults(run=cmd_converse)
 
     transcribe = commands.add_parser("transcribe", help="transcribe a WAV file")

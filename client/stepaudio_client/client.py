@@ -19,6 +19,8 @@ class TurnResult:
     """Everything a chat turn returned, gathered."""
 
     user_transcript: str = ""
+    # How the user sounded (spoken input); emotion SPEAKER_EMOTION_UNSPECIFIED when no engine could tell.
+    user_emotion: speech_pb2.DetectedEmotion = field(default_factory=speech_pb2.DetectedEmotion)
     reply_text: str = ""
     pcm: bytearray = field(default_factory=bytearray)
     sample_rate_hz: int = 0
@@ -78,10 +80,12 @@ class GatewayClient:
         sample_rate_hz: int = 0,
         text_only: bool = False,
         system_prompt: str = "",
+        reply_mode: int = gateway_pb2.REPLY_MODE_UNSPECIFIED,
         timeout: float | None = None,
         request_id: str = "",
     ) -> grpc.aio.UnaryStreamCall:
-        """The raw event stream of one turn (iterate it; ``cancel()`` it to stop the turn)."""
+        """The raw event stream of one turn (iterate it; ``cancel()`` it to stop the turn). ``reply_mode``
+        ``gateway_pb2.REPLY_MODE_EMPATHETIC`` lets the user's detected emotion choose the reply's emotion."""
         request = gateway_pb2.ChatRequest(
             session_id=session_id,
             input=gateway_pb2.TurnInput(text=text, audio=audio),
@@ -91,6 +95,7 @@ class GatewayClient:
             sample_rate_hz=sample_rate_hz,
             text_only=text_only,
             system_prompt=system_prompt,
+            reply_mode=reply_mode,
         )
         return self.stub.Chat(request, timeout=timeout, metadata=(("x-request-id", request_id or uuid.uuid4().hex),))
 
@@ -102,6 +107,7 @@ class GatewayClient:
             kind = event.WhichOneof("event")
             if kind == "user_transcript":
                 result.user_transcript = event.user_transcript.text
+                result.user_emotion = event.user_transcript.emotion
             elif kind == "reply_text_delta":
                 result.reply_text += event.reply_text_delta
             elif kind == "audio":

@@ -13,6 +13,9 @@ from stepaudio.common.v1 import speech_pb2
 
 from services.common.errors import InvalidArgument
 
+# Pitch shift range in semitones (services/tts/postprocess.py applies it; docs/voices.md has the measurements).
+MIN_PITCH = -4.0
+MAX_PITCH = 4.0
 EMOTIONS = ("happy", "angry", "sad", "coquettish")
 STYLES = ("rap", "humming")
 # A BCP-47 tag, or the dialect spellings Step-Audio's tags accept ("zh_sichuan"); which tags a voice honours is the
@@ -25,7 +28,8 @@ class Controls:
     """Typed voice controls, already range-checked by the servicer.
 
     ``emotion`` is one of EMOTIONS or None, ``style`` one of STYLES or None, ``language`` a
-    BCP-47 tag or "" (the voice's own). ``speed`` and ``volume`` are multipliers (1.0 = normal).
+    BCP-47 tag or "" (the voice's own). ``speed`` and ``volume`` are multipliers (1.0 = normal), ``pitch`` a shift
+    in semitones (0.0 = unchanged).
     """
 
     emotion: str | None = None
@@ -33,6 +37,7 @@ class Controls:
     style: str | None = None
     speed: float = 1.0
     volume: float = 1.0
+    pitch: float = 0.0
 
     def requested(self) -> tuple[str, ...]:
         """Names of the controls that differ from their neutral value."""
@@ -47,6 +52,8 @@ class Controls:
             names.append("speed")
         if self.volume != 1.0:
             names.append("volume")
+        if self.pitch != 0.0:
+            names.append("pitch")
         return tuple(names)
 
 
@@ -71,12 +78,14 @@ def controls_from_message(message: speech_pb2.VoiceControls) -> Controls:
         )
     speed = _multiplier("speed", message.speed, 0.5, 2.0)
     volume = _multiplier("volume", message.volume, 0.1, 2.0)
+    pitch = _semitones(message.pitch)
     return Controls(
         emotion=_EMOTIONS.get(message.emotion),
         language=message.language,
         style=_STYLES.get(message.style),
         speed=speed,
         volume=volume,
+        pitch=pitch,
     )
 
 
@@ -88,3 +97,12 @@ def _multiplier(name: str, value: float, low: float, high: float) -> float:
     if not low <= value <= high:
         raise InvalidArgument(f"controls.{name} {value:g} is out of range: use {low:g}..{high:g} (0 means 1.0)")
     return value
+
+
+def _semitones(value: float) -> float:
+    """A pitch shift in semitones: 0 is unchanged; NaN, infinities and values outside the range are refused."""
+    if not math.isfinite(value) or not MIN_PITCH <= value <= MAX_PITCH:
+        raise InvalidArgument(
+            f"controls.pitch {value:g} is out of range: use {MIN_PITCH:g}..{MAX_PITCH:g} semitones (0 means unchanged)"
+        )
+    return float(value)

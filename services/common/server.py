@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from services.common import tracing
 from services.common.errors import InvalidArgument, status_for
 from services.common.health_monitor import HealthMonitor, HealthPolicy, watch_loop_lag
 from services.common.logs import configure_logging, request_id_var
@@ -53,23 +54,27 @@ def bounded_details(message: str) -> str:
 
 class _RpcScope:
     """Per-call bookkeeping shared by the four handler shapes (an async context manager around
-    the handler): request id, in-flight gauge, status mapping, counters, duration."""
+    the handler): request id, in-flight gauge, status mapping, counters, duration, trace span."""
 
-    def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
-        self.method = method
+    def __init__(self, full_method: str, context: grpc.aio.ServicerContext) -> None:
+        self.full_method = full_method  # /package.Service/Method
+        self.method = full_method.rsplit("/", 1)[-1]
         self.context = context
-        incoming = dict(context.invocation_metadata() or ())
-        self.request_id = incoming.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        self.incoming = dict(context.invocation_metadata() or ())
+        self.request_id = self.incoming.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         self.started = time.perf_counter()
         self.code = grpc.StatusCode.OK
         # Why a request message could not be decoded, once one could not: the call then ends INVALID_ARGUMENT
         # whatever the handler made of it (the gateway, for one, forwards its request stream to a stage, where
         # grpc swallows the error and cancels that call).
         self.undecodable: str | None = None
+        self.span = None  # the RPC's trace span (tracing.py), when tracing is on
+        self.error: BaseException | None = None
 
     async def __aenter__(self) -> _RpcScope:
         RPC_IN_FLIGHT.labels(self.method).inc()
         request_id_var.set(self.request_id)
+        self.span = tracing.server_span(self.full_method, self.incoming, self.request_id)
         try:
             await self.context.send_initial_metadata(((REQUEST_ID_HEADER, self.request_id),))
         except BaseException:
@@ -78,6 +83,7 @@ class _RpcScope:
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> bool:
+        self.error = error
         try:
             if isinstance(error, asyncio.CancelledError):
                 self.code = grpc.StatusCode.CANCELLED
@@ -106,6 +112,7 @@ class _RpcScope:
         RPC_IN_FLIGHT.labels(self.method).dec()
         RPC_HANDLED.labels(self.method, self.code.name).inc()
         RPC_SECONDS.labels(self.method).observe(time.perf_counter() - self.started)
+        tracing.end_server_span(self.span, self.code, self.error)
 
 
 class _RequestDecoder:
@@ -154,7 +161,7 @@ class _DecodedStream:
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """The one place where domain errors become status codes, and where request ids, RPC
-    metrics and access logs are handled, for every handler shape. Requests reach it undecoded
+    metrics, trace spans and access logs are handled, for every handler shape. Requests reach it undecoded
     (see ``_RequestDecoder``); health and reflection pass through untouched."""
 
     async def intercept_service(
@@ -165,7 +172,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or details.method.startswith(("/grpc.health", "/grpc.reflection")):
             return handler
-        method = details.method.rsplit("/", 1)[-1]
+        method = details.method  # /package.Service/Method
         decoder = _RequestDecoder(handler.request_deserializer)
         serialize = handler.response_serializer
         if handler.request_streaming and handler.response_streaming:
@@ -221,6 +228,19 @@ class ServiceDefinition:
     health_servicer: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
 
 
+def connection_age_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    """gRPC's max_connection_age: long-lived HTTP/2 connections (the gateway's to each stage, clients' to the
+    gateway) would otherwise stay on the pods they first reached, and a replica added by an autoscaler would get
+    no calls until clients reconnect for another reason. An aged connection gets GOAWAY; the client opens a new one
+    (re-resolving DNS) for its next calls while the calls in flight finish on the old one."""
+    if settings.max_connection_age_seconds <= 0:
+        return []
+    options = [("grpc.max_connection_age_ms", round(settings.max_connection_age_seconds * 1000))]
+    if settings.max_connection_age_grace_seconds > 0:
+        options.append(("grpc.max_connection_age_grace_ms", round(settings.max_connection_age_grace_seconds * 1000)))
+    return options
+
+
 def build_server(definition: ServiceDefinition) -> tuple[grpc.aio.Server, int]:
     """Create the aio server with interceptor, limits, health and reflection; bind its port."""
     settings = definition.settings
@@ -233,6 +253,7 @@ def build_server(definition: ServiceDefinition) -> tuple[grpc.aio.Server, int]:
             # Let clients (the gateway) ping every 10 s on a busy connection, so a peer that vanished without
             # closing it is noticed in seconds; gRPC's default refuses pings more often than every 5 minutes.
             ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+            *connection_age_options(settings),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -263,6 +284,7 @@ async def serve(definition: ServiceDefinition) -> int:
     shut down gracefully: health NOT_SERVING → stop accepting and drain in-flight RPCs (grace period) → engine
     close. Returns the process exit code: 0 after a signal, 1 after an engine failure."""
     settings = definition.settings
+    tracing.configure(definition.name, settings)
     metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.metrics_host)
     metrics_port = metrics_server.server_port
     server, port = build_server(definition)
@@ -307,6 +329,7 @@ async def serve(definition: ServiceDefinition) -> int:
     await server.stop(settings.shutdown_grace_seconds)
     if definition.on_shutdown is not None:
         await definition.on_shutdown()
+    await tracing.shutdown()
     metrics_server.shutdown()
     log.info("stopped", extra={"exit_code": exit_code})
     return exit_code

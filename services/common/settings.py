@@ -50,6 +50,36 @@ class ServiceSettings(BaseSettings):
     port_file: str = Field(
         "", description="If set, write 'grpc_port metrics_port' to this file once serving (tests, supervisors)."
     )
+    otlp_endpoint: str = Field(
+        "",
+        pattern=r"^(https?://\S+)?$",
+        description="OpenTelemetry collector that receives this service's traces over OTLP/gRPC: "
+        "http://host:4317 (plaintext) or https://host:4317 (TLS). Empty: tracing is off and costs nothing (no "
+        "OpenTelemetry module is loaded). Headers and certificates: the SDK's OTEL_EXPORTER_OTLP_* variables.",
+    )
+    trace_sample_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="Share of traces kept, by trace id, among those that start here (the gateway's decides for a "
+        "whole turn: a call that arrives with a trace context follows its caller's choice).",
+    )
+    trace_service_name: str = Field(
+        "", description="service.name of this service's spans; empty: stepaudio-<service> (stepaudio-gateway, ...)."
+    )
+    max_connection_age_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A client connection older than this (gRPC varies it by ±10 %) is sent GOAWAY, so the "
+        "client reconnects and re-resolves DNS and a scaled-up service gets its share of new calls within about "
+        "this long; calls in flight go on (max_connection_age_grace_seconds). 0: connections are never aged out.",
+    )
+    max_connection_age_grace_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="After an aged connection's GOAWAY, seconds its calls in flight get to finish before the "
+        "connection is closed (cutting the calls still open). 0: no limit, a long stream ends on its own terms.",
+    )
 
 
 SettingsT = TypeVar("SettingsT", bound=ServiceSettings)

@@ -6,6 +6,7 @@ import numpy as np
 from stepaudio.common.v1 import audio_pb2, speech_pb2
 
 from services.common.audio import DeclaredFormat, to_pcm16
+from services.common.emotion import NOT_DETECTED, EmotionReading, to_message
 
 _ENCODINGS = {
     audio_pb2.AUDIO_ENCODING_UNSPECIFIED: "",
@@ -34,6 +35,18 @@ def audio_chunk(
 
 
 def transcript_message(
-    text: str, language: str, start: float, end: float, is_final: bool = True
+    text: str,
+    language: str,
+    start: float,
+    end: float,
+    is_final: bool = True,
+    emotion: EmotionReading = NOT_DETECTED,
 ) -> speech_pb2.Transcript:
-    return speech_pb2.Transcript(text=text, language=language, start_seconds=start, end_seconds=end, is_final=is_final)
+    return speech_pb2.Transcript(
+        text=text,
+        language=language,
+        start_seconds=start,
+        end_seconds=end,
+        is_final=is_final,
+        emotion=to_message(emotion),
+    )

@@ -63,8 +63,25 @@ class ClauseSplitter:
         return None
 
 
+_HAN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+# Hiragana, katakana (with its phonetic extensions and half-width forms): Japanese writes them in nearly every
+# sentence, Chinese never.
+_KANA = re.compile(r"[\u3041-\u309f\u30a0-\u30ff\u31f0-\u31ff\uff66-\uff9f]")
+_LATIN = re.compile(r"[A-Za-z]")
+
+
+def reply_language(text: str) -> str:
+    """ "ja", "zh" or "en": the language of a piece of a reply, by its script. CJK characters must outweigh the
+    Latin letters (half as many or more) for Chinese or Japanese; then kana (at least one in ten of them) mean
+    Japanese and their absence Chinese. A Japanese clause written in kanji alone reads as Chinese: the gateway
+    decides on a reply's first clause, which nearly always has kana."""
+    han, kana, latin = len(_HAN.findall(text)), len(_KANA.findall(text)), len(_LATIN.findall(text))
+    cjk = han + kana
+    if not cjk or cjk * 2 < latin:
+        return "en"
+    return "ja" if kana and kana * 10 >= cjk else "zh"
+
+
 def looks_chinese(text: str) -> bool:
-    """True when CJK characters outnumber Latin letters."""
-    cjk = len(re.findall(r"[\u3400-\u9fff]", text))
-    latin = len(re.findall(r"[A-Za-z]", text))
-    return cjk > 0 and cjk * 2 >= latin
+    """True when the text reads as Chinese (see ``reply_language``)."""
+    return reply_language(text) == "zh"

@@ -17,6 +17,7 @@ from stepaudio.common.v1 import speech_pb2
 from stepaudio.gateway.v1 import gateway_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2
 
+from services.common.emotion import from_message
 from services.common.errors import DeadlineExceeded, InvalidArgument
 from services.gateway.events import EventQueue
 from services.gateway.sessions import Session, SessionStore, Turn
@@ -144,8 +145,14 @@ class Conversation:
         self._played_seconds = None if self._played_seconds is None else 0.0
         await self._emit(user_transcript=transcript)
         user_text = transcript.text.strip()
+        state.user_emotion = from_message(transcript.emotion)
         messages = await self._turns.prompt(
-            self._session, self._config.system_prompt, user_text, self._options, self._context
+            self._session,
+            self._config.system_prompt,
+            user_text,
+            self._options,
+            self._context,
+            user_emotion=state.user_emotion,
         )
         try:
             async for event in self._turns.reply(messages, self._options, state, self._context):
@@ -159,7 +166,7 @@ class Conversation:
             await self._emit(interrupted=interrupted)
             raise
         await self._remember(user_text, state.reply_text)
-        await self._emit(summary=self._turns.summary(state, user_text, self._session.session_id))
+        await self._emit(summary=self._turns.summary(state, user_text, self._session.session_id, self._options))
 
     async def _remember(self, user_text: str, reply_text: str) -> None:
         turns = [Turn("user", user_text)] + ([Turn("assistant", reply_text)] if reply_text else [])

@@ -17,6 +17,7 @@ from stepaudio.tts.v1 import tts_pb2
 from services.common.audio import AudioLimits, check_sample_rate, decode_audio
 from services.common.concurrency import run_blocking
 from services.common.controls import controls_from_message
+from services.common.emotion import from_message, to_message
 from services.common.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 from services.common.voice_prompts import check_registration, prompt_wav_from
 from services.common.wire import declared_format
@@ -57,6 +58,11 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         controls_from_message(options.controls)
         if options.sample_rate_hz:
             check_sample_rate(options.sample_rate_hz)
+        if options.reply_mode not in gateway_pb2.ReplyMode.values():
+            raise InvalidArgument(
+                f"reply_mode {options.reply_mode} is not a known ReplyMode value: use REPLY_MODE_UNSPECIFIED (0) or "
+                "REPLY_MODE_EMPATHETIC (1)"
+            )
 
     def _check_system_prompt(self, system_prompt: str, field: str) -> None:
         length, limit = len(system_prompt.strip()), self._settings.max_text_chars
@@ -96,7 +102,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument(f"input.text is {len(text)} characters; the limit is {self._settings.max_text_chars}")
         self._check_system_prompt(request.system_prompt, "system_prompt")
         options = ReplyOptions(
-            request.voice_id, request.controls, request.sampling, request.sample_rate_hz, request.text_only
+            request.voice_id,
+            request.controls,
+            request.sampling,
+            request.sample_rate_hz,
+            request.text_only,
+            request.reply_mode,
         )
         self._check_reply_options(options)
 
@@ -121,9 +132,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                         transcript, audio_tokens = tokenized.transcript, tokenized.tokens.text
                         if not tokenized.tokens.token_ids and not text:
                             raise InvalidArgument("input.audio gave no audio tokens: check the recording")
+                        if audio_tokens and self._settings.chat_emotion_reading and not transcript.emotion.emotion:
+                            reading = await self._turns.read_emotion(audio_tokens, context)
+                            transcript.emotion.CopyFrom(to_message(reading))
                     else:
                         transcript = await self._turns.transcribe(request.input.audio, "", context)
                     state.transcribe_seconds = time.perf_counter() - transcribe_started
+                    state.user_emotion = from_message(transcript.emotion)
                     user_transcript = transcript.text
                     yield gateway_pb2.ChatResponse(user_transcript=transcript)
                     if not user_transcript.strip() and not text and not audio_tokens:
@@ -133,7 +148,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 user_text = "\n".join(part for part in (text, user_transcript.strip()) if part)
                 prompt_text = text if audio_tokens else user_text
                 messages = await self._turns.prompt(
-                    session, request.system_prompt, prompt_text, options, context, audio_tokens
+                    session, request.system_prompt, prompt_text, options, context, audio_tokens, state.user_emotion
                 )
                 async for event in self._turns.reply(messages, options, state, context):
                     yield event
@@ -141,7 +156,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                     turns = [Turn("user", user_text), Turn("assistant", state.reply_text)]
                     session.add(turns, self._settings.max_stored_turns)
                     await self._sessions.save(session)
-                yield gateway_pb2.ChatResponse(summary=self._turns.summary(state, user_transcript, request.session_id))
+                summary = self._turns.summary(state, user_transcript, request.session_id, options)
+                yield gateway_pb2.ChatResponse(summary=summary)
 
     async def StreamingChat(
         self, request_iterator: AsyncIterator[gateway_pb2.StreamingChatRequest], context: grpc.aio.ServicerContext
@@ -151,7 +167,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             raise InvalidArgument("the first message of a stream must be a config")
         config = first.config
         self._check_system_prompt(config.system_prompt, "config.system_prompt")
-        options = ReplyOptions(config.voice_id, config.controls, config.sampling, config.sample_rate_hz)
+        options = ReplyOptions(
+            config.voice_id, config.controls, config.sampling, config.sample_rate_hz, reply_mode=config.reply_mode
+        )
         self._check_reply_options(options)
         with self._admitted():
             begin_call()
@@ -168,8 +186,10 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def Synthesize(
         self, request: gateway_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[gateway_pb2.SynthesizeResponse]:
-        options = ReplyOptions(request.voice_id, request.controls, sample_rate_hz=request.sample_rate_hz)
-        async for response in self._turns.synthesize(request.text, request.voice_id, options, context):
+        # No voice named: the configured voice of the text's language, as for a reply.
+        voice_id = request.voice_id or self._turns.voice_for(request.text)
+        options = ReplyOptions(voice_id, request.controls, sample_rate_hz=request.sample_rate_hz)
+        async for response in self._turns.synthesize(request.text, voice_id, options, context):
             yield gateway_pb2.SynthesizeResponse(audio=response.audio)
 
     async def Transcribe(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.settings import ServiceSettings
+from services.gateway.emotion import check_context_template
 
 
 class GatewaySettings(ServiceSettings):
@@ -94,6 +95,9 @@ class GatewaySettings(ServiceSettings):
     max_audio_seconds: float = Field(60.0, gt=0, description="Longest audio input of a chat turn, in seconds.")
     voice_en: str = Field("en-joe", description="Reply voice for English when none is requested.")
     voice_zh: str = Field("zh-baker", description="Reply voice for Chinese when none is requested.")
+    voice_ja: str = Field(
+        "ja-mei", description="Reply voice for Japanese when none is requested (empty: the English voice)."
+    )
     first_clause_min_chars: int = Field(
         6, ge=1, description="A comma may end the first clause sent to TTS once it has this many characters."
     )
@@ -101,3 +105,34 @@ class GatewaySettings(ServiceSettings):
         24, ge=1, description="A comma may end a later clause once it has this many characters."
     )
     max_active_turns: int = Field(32, ge=1, description="Concurrent Chat turns; beyond it RESOURCE_EXHAUSTED.")
+    emotion_min_confidence: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A detected user emotion whose engine gives a confidence below this is still reported in the "
+        "transcript, but not told to the chat model nor used by the empathetic reply mode. Readings without a "
+        "confidence (the chat model's own) are used as they are.",
+    )
+    emotion_context: str = Field(
+        "The user's voice sounds {emotion}; let your reply suit it.",
+        description="Line added to the chat prompt's system message when the user's emotion was detected "
+        "({emotion}: the English label, e.g. sad). Empty: the emotion is not passed to the chat model.",
+    )
+    chat_emotion_reading: bool = Field(
+        True,
+        description="When the chat model hears audio tokens (step-audio profile) and the tokenizer detected no "
+        "emotion, ask the chat model to name the speaker's emotion (one short greedy Generate call before the reply; "
+        "its time counts in the turn's transcribe_seconds). False: the emotion is not detected there.",
+    )
+    chat_emotion_prompt: str = Field(
+        "听这段语音，判断说话人的情绪。只回答一个英文单词：neutral、happy、sad、angry、fearful、surprised、disgusted；"
+        "听不出来就回答 unknown。",
+        min_length=1,
+        description="System prompt of the chat model's emotion reading; the user message is the audio. An answer "
+        "that is not exactly one label word (English or Chinese) counts as not detected.",
+    )
+
+    @field_validator("emotion_context")
+    @classmethod
+    def _emotion_context_fields(cls, value: str) -> str:
+        return check_context_template(value)

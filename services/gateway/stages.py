@@ -8,7 +8,8 @@ Every stage call goes through ``Stage.unary`` or ``Stage.stream``:
   flight when it died);
 - a stage's status for a caller's mistake (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED...) passes through with
   its message; a stage that went away is UNAVAILABLE, one that ran out of time DEADLINE_EXCEEDED, both naming the
-  stage and its address.
+  stage and its address;
+- when tracing is on, the call (wait included) is a client span whose ``traceparent`` goes along in the metadata.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from stepaudio.chat.v1 import chat_pb2_grpc
 from stepaudio.tokenizer.v1 import tokenizer_pb2_grpc
 from stepaudio.tts.v1 import tts_pb2_grpc
 
+from services.common import tracing
 from services.common.errors import DeadlineExceeded, DomainError, Unavailable
 from services.gateway.settings import GatewaySettings
 
@@ -105,8 +107,11 @@ def channel_options(service: str, settings: GatewaySettings) -> list[tuple[str, 
 class Stage:
     """One stage service as the gateway calls it; see the module docstring for the policy."""
 
-    def __init__(self, name: str, address: str, channel: grpc.aio.Channel, stub: object, connect_timeout: float):
+    def __init__(
+        self, name: str, service: str, address: str, channel: grpc.aio.Channel, stub: object, connect_timeout: float
+    ) -> None:
         self.name = name
+        self.service = service  # package.Service
         self.address = address
         self._channel = channel
         self._stub = stub
@@ -115,24 +120,28 @@ class Stage:
 
     async def unary(self, method: str, request: object, timeout: float, metadata: Metadata = ()) -> Any:
         deadline = time.monotonic() + timeout
-        await self._reachable(timeout)
-        try:
-            return await getattr(self._stub, method)(request, timeout=_left(deadline), metadata=metadata)
-        except grpc.aio.AioRpcError as error:
-            raise self._failure(error, timeout) from None
+        with tracing.client_call(f"{self.service}/{method}", self.address) as traced:
+            await self._reachable(timeout)
+            try:
+                return await getattr(self._stub, method)(
+                    request, timeout=_left(deadline), metadata=traced.metadata(metadata)
+                )
+            except grpc.aio.AioRpcError as error:
+                raise self._failure(error, timeout) from None
 
     async def stream(self, method: str, request: object, timeout: float, metadata: Metadata = ()) -> AsyncIterator:
         """A response-streaming call; ``request`` is a message or (stream → stream) an async iterator of them."""
         deadline = time.monotonic() + timeout
-        await self._reachable(timeout)
-        call = getattr(self._stub, method)(request, timeout=_left(deadline), metadata=metadata)
-        try:
-            async for response in call:
-                yield response
-        except grpc.aio.AioRpcError as error:
-            raise self._failure(error, timeout) from None
-        finally:
-            call.cancel()  # no-op once finished; stops the stage's work when the caller stops early
+        with tracing.client_call(f"{self.service}/{method}", self.address) as traced:
+            await self._reachable(timeout)
+            call = getattr(self._stub, method)(request, timeout=_left(deadline), metadata=traced.metadata(metadata))
+            try:
+                async for response in call:
+                    yield response
+            except grpc.aio.AioRpcError as error:
+                raise self._failure(error, timeout) from None
+            finally:
+                call.cancel()  # no-op once finished; stops the stage's work when the caller stops early
 
     async def _reachable(self, timeout: float) -> None:
         state = self._channel.get_state(try_to_connect=True)
@@ -199,7 +208,7 @@ class Stages:
         for name, address, service, stub in specs:
             channel = grpc.aio.insecure_channel(address, options=channel_options(service, settings))
             self._channels.append(channel)
-            stages.append(Stage(name, address, channel, stub(channel), settings.stage_connect_timeout_seconds))
+            stages.append(Stage(name, service, address, channel, stub(channel), settings.stage_connect_timeout_seconds))
         self.tokenizer, self.chat, self.tts = stages
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from stepaudio.chat.v1 import chat_pb2
@@ -15,10 +16,13 @@ from stepaudio.gateway.v1 import gateway_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2
 from stepaudio.tts.v1 import tts_pb2
 
+from services.common import tracing
+from services.common.emotion import NOT_DETECTED, EmotionReading, to_message
 from services.common.errors import NotFound
 from services.common.logs import request_id_var
 from services.gateway import metrics
-from services.gateway.clauses import ClauseSplitter, looks_chinese
+from services.gateway.clauses import ClauseSplitter, reply_language
+from services.gateway.emotion import context_note, empathetic_emotion, parse_chat_reading
 from services.gateway.events import EventQueue
 from services.gateway.history import HistoryBudget, estimate_tokens, fit_history
 from services.gateway.sessions import Session, Turn
@@ -37,6 +41,7 @@ class ReplyOptions:
     sampling: speech_pb2.SamplingParams = field(default_factory=speech_pb2.SamplingParams)
     sample_rate_hz: int = 0
     text_only: bool = False
+    reply_mode: int = gateway_pb2.REPLY_MODE_UNSPECIFIED
 
 
 @dataclass
@@ -54,6 +59,9 @@ class TurnState:
     chunks: int = 0
     summary: chat_pb2.GenerateSummary | None = None
     spoken_clauses: list[tuple[str, float]] = field(default_factory=list)  # (clause, audio end in s)
+    span: Any = None  # the turn's trace span while it replies (tracing.py); None when tracing is off
+    user_emotion: EmotionReading = NOT_DETECTED  # how the user sounded (spoken input)
+    reply_emotion: int | None = None  # the Emotion control of the first clause spoken; None: nothing spoken yet
 
     def since_start(self) -> float:
         return time.perf_counter() - self.started
@@ -99,6 +107,15 @@ class TurnRunner:
     def metadata() -> tuple[tuple[str, str], ...]:
         return (("x-request-id", request_id_var.get()),)
 
+    def voice_for(self, text: str) -> str:
+        """The configured reply voice of the language ``text`` is in (``reply_language``)."""
+        language = reply_language(text)
+        if language == "zh":
+            return self._settings.voice_zh
+        if language == "ja" and self._settings.voice_ja:
+            return self._settings.voice_ja
+        return self._settings.voice_en
+
     async def check_voice(self, voice_id: str, context: grpc.aio.ServicerContext) -> None:
         if not voice_id:
             return
@@ -139,9 +156,13 @@ class TurnRunner:
         options: ReplyOptions,
         context: grpc.aio.ServicerContext,
         audio_tokens: str = "",
+        user_emotion: EmotionReading = NOT_DETECTED,
     ) -> list[chat_pb2.ChatMessage]:
-        """System prompt, the earlier turns that fit (see ``history``), the user's turn."""
+        """System prompt (with a note of the user's emotion when one was detected), the earlier turns that fit (see
+        ``history``), the user's turn."""
         system = (session.system_prompt if session else system_prompt) or self._settings.default_system_prompt
+        note = context_note(self._settings.emotion_context, user_emotion, self._settings.emotion_min_confidence)
+        system = f"{system}\n{note}" if note else system
         history: list[Turn] = []
         if session:
             budget = await self._history_budget(system, user_text, audio_tokens, options, context)
@@ -182,7 +203,20 @@ class TurnRunner:
     ) -> AsyncIterator[gateway_pb2.ChatResponse]:
         """Chat deltas are cut into clauses that TTS synthesises while the LLM keeps writing;
         both producers feed one queue, which is the order events reach the client. Cancelling
-        the consumer cancels both producers and so the stage calls."""
+        the consumer cancels both producers and so the stage calls. Traced as a "turn" span (the stage calls are
+        its children) with "first token" and "first audio" events."""
+        with tracing.span("turn") as span:
+            state.span = span
+            async for event in self._reply(messages, options, state, context):
+                yield event
+
+    async def _reply(
+        self,
+        messages: list[chat_pb2.ChatMessage],
+        options: ReplyOptions,
+        state: TurnState,
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[gateway_pb2.ChatResponse]:
         events = EventQueue(self._settings.max_buffered_events)
         clauses: asyncio.Queue[str | None] = asyncio.Queue(self._settings.max_buffered_events)
         splitter = ClauseSplitter(self._settings.first_clause_min_chars, self._settings.clause_min_chars)
@@ -202,6 +236,7 @@ class TurnRunner:
                 if not state.first_text:
                     state.first_text = state.since_start()
                     metrics.CHAT_TIME_TO_FIRST_TOKEN.observe(time.perf_counter() - call_started)
+                    tracing.add_event(state.span, "first token", seconds=state.first_text)
                 state.reply_text += response.text_delta
                 await events.put(gateway_pb2.ChatResponse(reply_text_delta=response.text_delta))
                 for clause in splitter.push(response.text_delta):
@@ -213,16 +248,21 @@ class TurnRunner:
 
         async def speak() -> None:
             voice = options.voice_id
+            emotion = ReplyEmotion(self, options, state, context)
             while (clause := await clauses.get()) is not None:
                 if options.text_only:
                     continue
                 if not voice:
-                    voice = self._settings.voice_zh if looks_chinese(clause) else self._settings.voice_en
-                async for chunk in self.synthesize(clause, voice, options, context):
+                    voice = self.voice_for(clause)
+                controls = await emotion.controls_for(voice)
+                async for chunk in self.synthesize(clause, voice, options, context, controls):
                     await events.put(chunk)
                 await events.put(_ClauseSpoken(clause))
 
-        tasks = [asyncio.create_task(finish_into(events, job)) for job in (write_text, speak)]
+        tasks = [
+            asyncio.create_task(finish_into(events, job), context=tracing.context_with(state.span))
+            for job in (write_text, speak)
+        ]
         try:
             finished = 0
             while finished < len(tasks):
@@ -249,6 +289,7 @@ class TurnRunner:
         if not state.first_audio:
             state.first_audio = now - state.started
             metrics.TIME_TO_FIRST_AUDIO.observe(state.first_audio)
+            tracing.add_event(state.span, "first audio", seconds=state.first_audio)
         else:
             metrics.INTER_CHUNK_GAP.observe(now - state.last_audio)
         state.last_audio = now
@@ -261,8 +302,11 @@ class TurnRunner:
         return gateway_pb2.ChatResponse(audio=chunk)
 
     @staticmethod
-    def summary(state: TurnState, transcript: str, session_id: str) -> gateway_pb2.TurnSummary:
+    def summary(
+        state: TurnState, transcript: str, session_id: str, options: ReplyOptions | None = None
+    ) -> gateway_pb2.TurnSummary:
         usage = state.summary or chat_pb2.GenerateSummary()
+        requested = options.controls.emotion if options else speech_pb2.EMOTION_UNSPECIFIED
         return gateway_pb2.TurnSummary(
             user_transcript=transcript,
             reply_text=state.reply_text,
@@ -277,6 +321,8 @@ class TurnRunner:
             completion_tokens=usage.completion_tokens,
             session_id=session_id,
             request_id=request_id_var.get(),
+            user_emotion=to_message(state.user_emotion),
+            reply_emotion=requested if state.reply_emotion is None else state.reply_emotion,
         )
 
     async def transcribe(
@@ -310,14 +356,51 @@ class TurnRunner:
         metrics.STAGE_SECONDS.labels("tokenize").observe(time.perf_counter() - started)
         return response
 
+    async def read_emotion(self, audio_tokens: str, context: grpc.aio.ServicerContext) -> EmotionReading:
+        """The chat model's own reading of the speaker's emotion in ``audio_tokens`` (it hears them): one greedy
+        Generate call with the emotion question as the system prompt; an answer that is not exactly a label word
+        is not detected."""
+        started = time.perf_counter()
+        info = await self.chat_info(context)
+        messages = [
+            chat_pb2.ChatMessage(role=chat_pb2.ROLE_SYSTEM, text=self._settings.chat_emotion_prompt),
+            chat_pb2.ChatMessage(role=chat_pb2.ROLE_USER, audio_tokens=audio_tokens),
+        ]
+        sampling = speech_pb2.SamplingParams(temperature=0.0, max_tokens=_READING_MAX_TOKENS)
+        call = self.stages.chat.stream(
+            "Generate",
+            chat_pb2.GenerateRequest(messages=messages, sampling=sampling),
+            self.timeout(context),
+            self.metadata(),
+        )
+        answer = "".join([response.text_delta async for response in call])
+        metrics.STAGE_SECONDS.labels("emotion").observe(time.perf_counter() - started)
+        return parse_chat_reading(answer, f"chat:{info.model}")
+
+    async def voice_controls(self, context: grpc.aio.ServicerContext) -> dict[str, tuple[str, ...]]:
+        """The controls each voice of the TTS stage honours (asked now: voices are registered and deleted)."""
+        voices = await self.stages.tts.unary(
+            "ListVoices", tts_pb2.ListVoicesRequest(), self.timeout(context), self.metadata()
+        )
+        return {voice.voice_id: tuple(voice.supported_controls) for voice in voices.voices}
+
     async def synthesize(
-        self, text: str, voice_id: str, options: ReplyOptions, context: grpc.aio.ServicerContext
+        self,
+        text: str,
+        voice_id: str,
+        options: ReplyOptions,
+        context: grpc.aio.ServicerContext,
+        controls: speech_pb2.VoiceControls | None = None,
     ) -> AsyncIterator[tts_pb2.SynthesizeResponse]:
+        """``controls``: these instead of the request's (the empathetic mode's choice)."""
         started = time.perf_counter()
         call = self.stages.tts.stream(
             "Synthesize",
             tts_pb2.SynthesizeRequest(
-                text=text, voice_id=voice_id, controls=options.controls, sample_rate_hz=options.sample_rate_hz
+                text=text,
+                voice_id=voice_id,
+                controls=options.controls if controls is None else controls,
+                sample_rate_hz=options.sample_rate_hz,
             ),
             self.timeout(context),
             self.metadata(),
@@ -334,6 +417,42 @@ class TurnRunner:
         metrics.STAGE_SECONDS.labels("tts").observe(elapsed)
         if samples and rate:
             metrics.TTS_REAL_TIME_FACTOR.observe(elapsed / (samples / rate))
+
+
+_READING_MAX_TOKENS = 8  # one label word, with room for a stray quote or full stop
+
+
+class ReplyEmotion:
+    """The reply's voice controls, clause by clause. In the empathetic mode, when the user's emotion is usable, its
+    reply emotion (``emotion.EMPATHETIC_REPLY``) replaces the request's on every voice that honours the emotion
+    control, and the neutral choice clears it on any voice; otherwise the request's controls stand. The voices'
+    controls are asked of the TTS stage once, when first needed."""
+
+    def __init__(self, turns: TurnRunner, options: ReplyOptions, state: TurnState, context: grpc.aio.ServicerContext):
+        self._turns = turns
+        self._options = options
+        self._state = state
+        self._context = context
+        self._choice = (
+            empathetic_emotion(state.user_emotion, turns._settings.emotion_min_confidence)
+            if options.reply_mode == gateway_pb2.REPLY_MODE_EMPATHETIC
+            else None
+        )
+        self._supported: dict[str, tuple[str, ...]] | None = None
+
+    async def controls_for(self, voice_id: str) -> speech_pb2.VoiceControls:
+        controls = self._options.controls
+        choice = self._choice
+        if choice is not None and choice != controls.emotion:
+            if choice != speech_pb2.EMOTION_UNSPECIFIED and self._supported is None:
+                self._supported = await self._turns.voice_controls(self._context)
+            if choice == speech_pb2.EMOTION_UNSPECIFIED or "emotion" in (self._supported or {}).get(voice_id, ()):
+                controls = speech_pb2.VoiceControls()
+                controls.CopyFrom(self._options.controls)
+                controls.emotion = choice
+        if self._state.reply_emotion is None:
+            self._state.reply_emotion = controls.emotion
+        return controls
 
 
 async def finish_into(events: EventQueue, job: Callable[[], Awaitable[None]]) -> None:

@@ -38,6 +38,7 @@ from services.http.realtime_events import (
     RealtimeError,
     Response,
     SessionConfig,
+    VoiceControlChoice,
     apply_session_update,
     error_object,
     is_ga_session,
@@ -48,6 +49,7 @@ from services.http.realtime_events import (
     wire_name,
 )
 from services.http.settings import HttpSettings
+from services.http.speech_options import voice_controls
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -172,6 +174,8 @@ class RealtimeConnection:
             id=new_id("sess"), model=model, transcription_model=settings.transcription_model_id
         )
         self._voice_id = ""  # the cluster voice of config.voice ("" = the cluster's choice)
+        self._voice_support: dict[str, tuple[str, ...]] | None = None  # voice id -> supported_controls (ListVoices)
+        self._ignored_controls: tuple[str, ...] = ()  # of config.voice_controls, those the session's voice lacks
         self._started = time.monotonic()
         self._gateway_session = ""
         self._gateway_session_prompt = ""
@@ -190,7 +194,7 @@ class RealtimeConnection:
     # --- the socket -------------------------------------------------------------------------------------------
 
     async def serve(self) -> None:
-        await self._send({"type": "session.created", "session": render_session(self._config, self._dialect)})
+        await self._send({"type": "session.created", "session": self._rendered_session()})
         try:
             while (message := await self._receive()) is not None:
                 await self._handle(message)
@@ -304,11 +308,16 @@ class RealtimeConnection:
         if config.input_format != self._config.input_format:
             self._buffer.clear()  # audio in the old format cannot be mixed with the new
             self._pending.drop_audio()
+        ignored = await self._unsupported(config.voice_controls, self._voice_id if voice_id is None else voice_id)
         self._config = config
         if voice_id is not None:
             self._voice_id = voice_id
+        self._ignored_controls = ignored
         self._restart_stream_if_changed()
-        await self._send({"type": "session.updated", "session": render_session(config, self._dialect)})
+        await self._send({"type": "session.updated", "session": self._rendered_session()})
+
+    def _rendered_session(self) -> dict:
+        return render_session(self._config, self._dialect, self._ignored_controls)
 
     def _speed_range(self) -> tuple[float, float]:
         return (self._settings.min_speed, self._settings.max_speed)
@@ -318,10 +327,7 @@ class RealtimeConnection:
         voice_id = self._settings.voice_aliases.get(name, name)
         if not voice_id:
             return ""
-        voices = await self._gateway.ListVoices(
-            gateway_pb2.ListVoicesRequest(), timeout=self._settings.voices_timeout_seconds, metadata=self._metadata
-        )
-        known = [voice.voice_id for voice in voices.voices]
+        known = list(await self._list_voices())
         if voice_id not in known:
             raise RealtimeError(
                 f"unknown voice {name!r}; available voices: {', '.join(known + list(self._settings.voice_aliases))}",
@@ -329,6 +335,27 @@ class RealtimeConnection:
                 code="invalid_value",
             )
         return voice_id
+
+    async def _list_voices(self) -> dict[str, tuple[str, ...]]:
+        """The TTS stage's voices and the controls each honours, asked now (remembered for ``_unsupported``)."""
+        voices = await self._gateway.ListVoices(
+            gateway_pb2.ListVoicesRequest(), timeout=self._settings.voices_timeout_seconds, metadata=self._metadata
+        )
+        self._voice_support = {voice.voice_id: tuple(voice.supported_controls) for voice in voices.voices}
+        return self._voice_support
+
+    async def _unsupported(self, choice: VoiceControlChoice, voice_id: str) -> tuple[str, ...]:
+        """The controls of ``choice`` that ``voice_id`` does not honour: they are left out of its requests (as
+        /v1/audio/speech treats ``instructions``) rather than fail every reply. With no voice chosen (the gateway
+        picks one by the reply's language) only what every voice honours is kept. The voices are asked once a
+        connection (and again when a new voice is checked)."""
+        requested = choice.requested()
+        if not requested:
+            return ()
+        support = self._voice_support if self._voice_support is not None else await self._list_voices()
+        candidates = [support.get(voice_id, ())] if voice_id else list(support.values())
+        honoured = set.intersection(*map(set, candidates)) if candidates else set()
+        return tuple(name for name in requested if name not in honoured)
 
     def _restart_stream_if_changed(self) -> None:
         """A StreamingChat is configured once: when the session's settings no longer match it, it is cancelled, and
@@ -538,16 +565,19 @@ class RealtimeConnection:
         voice_id = self._voice_id
         if config.voice != self._config.voice:
             voice_id = await self._voice(config.voice, "response.voice")
+        controls = _controls(config, await self._unsupported(config.voice_controls, voice_id))
         pending, self._pending = self._pending, _PendingInput()
         self._response = Response(config, self._dialect, self._last_item)
-        self._response_task = asyncio.create_task(self._respond(self._response, pending, voice_id))
+        self._response_task = asyncio.create_task(self._respond(self._response, pending, voice_id, controls))
 
-    async def _respond(self, response: Response, pending: _PendingInput, voice_id: str) -> None:
+    async def _respond(
+        self, response: Response, pending: _PendingInput, voice_id: str, controls: speech_pb2.VoiceControls
+    ) -> None:
         """A manual turn: one gateway Chat in the connection's gateway session."""
         await self._open_response(response)
         call = None
         try:
-            request = await self._chat_request(response.config, pending, voice_id)
+            request = await self._chat_request(response.config, pending, voice_id, controls)
             call = self._gateway.Chat(request, timeout=self._call_timeout(), metadata=self._metadata)
             async for message in call:
                 await self._on_reply_event(response, message, pending.audio_items[-1:])
@@ -574,7 +604,7 @@ class RealtimeConnection:
         await self._send_error(error)
 
     async def _chat_request(
-        self, config: SessionConfig, pending: _PendingInput, voice_id: str
+        self, config: SessionConfig, pending: _PendingInput, voice_id: str, controls: speech_pb2.VoiceControls
     ) -> gateway_pb2.ChatRequest:
         audio = None
         if pending.audio:
@@ -590,7 +620,7 @@ class RealtimeConnection:
             session_id=await self._gateway_session_id(),
             input=gateway_pb2.TurnInput(text="\n".join(pending.texts), audio=audio),
             voice_id=voice_id,
-            controls=_controls(config),
+            controls=controls,
             sampling=_sampling(config),
             sample_rate_hz=config.output_format.sample_rate_hz,
             text_only=not config.speaks,
@@ -688,7 +718,7 @@ class RealtimeConnection:
             ),
             session_id=self._gateway_session,
             voice_id=self._voice_id,
-            controls=_controls(config),
+            controls=_controls(config, self._ignored_controls),
             sampling=_sampling(config),
             sample_rate_hz=config.output_format.sample_rate_hz,
             language=config.language,
@@ -800,8 +830,13 @@ def _from_grpc(error: grpc.aio.AioRpcError) -> RealtimeError:
     return RealtimeError(api_error.message, param=api_error.param, code=api_error.code, type=api_error.type)
 
 
-def _controls(config: SessionConfig) -> speech_pb2.VoiceControls | None:
-    return speech_pb2.VoiceControls(speed=config.speed) if config.speed and config.speed != 1.0 else None
+def _controls(config: SessionConfig, ignored: tuple[str, ...]) -> speech_pb2.VoiceControls:
+    """The TTS controls of a reply: the session's voice controls but the ``ignored`` ones, and its speed."""
+    choice = config.voice_controls.as_dict()
+    controls = voice_controls({name: value for name, value in choice.items() if name not in ignored})
+    if config.speed and config.speed != 1.0:
+        controls.speed = config.speed
+    return controls
 
 
 def _sampling(config: SessionConfig) -> speech_pb2.SamplingParams:

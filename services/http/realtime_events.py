@@ -9,8 +9,10 @@ Two dialects of the same protocol exist: the beta one (``OpenAI-Beta: realtime=v
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+from services.http.speech_options import CONTROL_VALUES
 
 BETA = "beta"
 GA = "ga"
@@ -71,6 +73,23 @@ class TurnDetection:
 
 
 @dataclass(frozen=True)
+class VoiceControlChoice:
+    """The ``voice_controls`` extension: the cluster's typed voice controls by value name (speech_options'
+    ``CONTROL_VALUES``; "" is none)."""
+
+    emotion: str = ""
+    language: str = ""
+    style: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+    def requested(self) -> tuple[str, ...]:
+        """The names of the controls that are set."""
+        return tuple(name for name, value in self.as_dict().items() if value)
+
+
+@dataclass(frozen=True)
 class SessionConfig:
     """What a connection's client has configured, in protocol terms."""
 
@@ -87,6 +106,7 @@ class SessionConfig:
     temperature: float | None = None
     max_output_tokens: int | None = None
     speed: float | None = None
+    voice_controls: VoiceControlChoice = VoiceControlChoice()
 
     @property
     def speaks(self) -> bool:
@@ -143,6 +163,8 @@ def apply_session_update(
         changes["speed"] = _number(session["speed"], f"{where}.speed", *speed_range)
     if "audio" in session:
         changes.update(_ga_audio(session["audio"], config, speed_range, where))
+    if "voice_controls" in session:
+        changes["voice_controls"] = _voice_controls(session["voice_controls"], config, f"{where}.voice_controls")
     return replace(config, **changes)
 
 
@@ -196,6 +218,29 @@ def _voice(value: Any, param: str) -> str:
     if not isinstance(value, str) or not value:
         raise RealtimeError(f"'{param}' must be a voice name", param=param)
     return value
+
+
+def _voice_controls(value: Any, config: SessionConfig, param: str) -> VoiceControlChoice:
+    """The extension's object over the current choice: a control left out keeps its value; "" or null clears it."""
+    _require_object(value, param)
+    changes: dict[str, str] = {}
+    for name, chosen in value.items():
+        if name not in CONTROL_VALUES:
+            raise RealtimeError(
+                f"Unknown parameter: '{param}.{name}'. Supported: {', '.join(CONTROL_VALUES)}.",
+                param=f"{param}.{name}",
+                code="unknown_parameter",
+            )
+        chosen = chosen or ""
+        if chosen not in ("", *CONTROL_VALUES[name]):
+            raise RealtimeError(
+                f"Invalid value for '{param}.{name}': {chosen!r}. Supported values are: '' (none), "
+                f"{', '.join(CONTROL_VALUES[name])}.",
+                param=f"{param}.{name}",
+                code="invalid_value",
+            )
+        changes[name] = chosen
+    return replace(config.voice_controls, **changes)
 
 
 def _beta_format(value: Any, param: str) -> AudioFormat:
@@ -296,8 +341,11 @@ def _integer(value: Any, param: str, low: int, high: int) -> int:
 # --- rendering --------------------------------------------------------------------------------------------------
 
 
-def render_session(config: SessionConfig, dialect: str) -> dict:
-    """The ``session`` object of session.created / session.updated, in the dialect's shape."""
+def render_session(config: SessionConfig, dialect: str, ignored_controls: tuple[str, ...] = ()) -> dict:
+    """The ``session`` object of session.created / session.updated, in the dialect's shape. The ``voice_controls``
+    extension is at its top level in both: the choice, and the names of the ``ignored_controls`` (the ones the
+    session's voice does not honour, left out of its requests)."""
+    extension = {"voice_controls": config.voice_controls.as_dict(), "voice_controls_ignored": list(ignored_controls)}
     turn_detection = _render_turn_detection(config.turn_detection)
     transcription = {"model": config.transcription_model, "language": config.language or None}
     max_tokens = config.max_output_tokens or "inf"
@@ -325,6 +373,7 @@ def render_session(config: SessionConfig, dialect: str) -> dict:
             "max_output_tokens": max_tokens,
             "tools": [],
             "tool_choice": "auto",
+            **extension,
         }
     return {
         "object": "realtime.session",
@@ -342,6 +391,7 @@ def render_session(config: SessionConfig, dialect: str) -> dict:
         "speed": config.speed or 1.0,
         "tools": [],
         "tool_choice": "auto",
+        **extension,
     }
 
 

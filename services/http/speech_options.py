@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 from pydantic import BaseModel
 from stepaudio.common.v1 import speech_pb2
@@ -27,39 +27,66 @@ class VoiceRef(BaseModel):
     id: str
 
 
-# Words (English, lower case) and phrases (Chinese) of each control value. Chinese has no spaces, so Chinese
-# phrases match anywhere in the text; English words match whole words only ("sad" is not in "crusade").
-_EMOTION_WORDS = {
-    speech_pb2.EMOTION_HAPPY: ("happy", "happily", "cheerful", "cheerfully", "joyful", "joyfully", "excited",
-                               "glad", "delighted", "高兴", "开心", "快乐", "愉快"),
-    speech_pb2.EMOTION_ANGRY: ("angry", "angrily", "furious", "furiously", "mad", "annoyed", "irritated",
-                               "生气", "愤怒", "恼火"),
-    speech_pb2.EMOTION_SAD: ("sad", "sadly", "sorrowful", "unhappy", "melancholy", "mournful", "gloomy",
-                             "悲伤", "难过", "伤心"),
-    speech_pb2.EMOTION_COQUETTISH: ("coquettish", "coquettishly", "flirty", "flirtatious", "cutesy", "撒娇"),
+# The values of the typed controls, by the names clients use for them (``session.voice_controls`` of the Realtime
+# WebSocket), as VoiceControls takes them: an Emotion, a BCP-47 language/dialect tag, a SpeechStyle.
+CONTROL_VALUES: dict[str, dict[str, int | str]] = {
+    "emotion": {
+        "happy": speech_pb2.EMOTION_HAPPY,
+        "angry": speech_pb2.EMOTION_ANGRY,
+        "sad": speech_pb2.EMOTION_SAD,
+        "coquettish": speech_pb2.EMOTION_COQUETTISH,
+    },
+    "language": {tag: tag for tag in ("zh", "en", "ja", "ko", "zh-sichuan", "yue")},
+    "style": {"rap": speech_pb2.SPEECH_STYLE_RAP, "humming": speech_pb2.SPEECH_STYLE_HUMMING},
+}
+
+# The words (English, lower case) and phrases (Chinese) of each control value in ``instructions``. Chinese has no
+# spaces, so Chinese phrases match anywhere in the text; English words match whole words only ("sad" is not in
+# "crusade"). Order matters where phrases overlap: a dialect before its language.
+_INSTRUCTION_WORDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "emotion": {
+        "happy": ("happy", "happily", "cheerful", "cheerfully", "joyful", "joyfully", "excited", "glad", "delighted",
+                  "高兴", "开心", "快乐", "愉快"),
+        "angry": ("angry", "angrily", "furious", "furiously", "mad", "annoyed", "irritated", "生气", "愤怒", "恼火"),
+        "sad": ("sad", "sadly", "sorrowful", "unhappy", "melancholy", "mournful", "gloomy", "悲伤", "难过", "伤心"),
+        "coquettish": ("coquettish", "coquettishly", "flirty", "flirtatious", "cutesy", "撒娇"),
+    },
+    "language": {
+        "zh-sichuan": ("sichuanese", "sichuan", "szechuan", "四川话", "四川"),
+        "yue": ("cantonese", "粤语", "广东话"),
+        "en": ("english", "英文", "英语"),
+        "ja": ("japanese", "日语", "日文"),
+        "ko": ("korean", "韩语", "韩文"),
+        "zh": ("chinese", "mandarin", "中文", "普通话", "汉语"),
+    },
+    "style": {
+        "rap": ("rap", "rapping", "rapper", "说唱"),
+        "humming": ("hum", "humming", "hummed", "哼唱"),
+    },
 }  # fmt: skip
-_LANGUAGE_WORDS = {
-    "zh-sichuan": ("sichuanese", "sichuan", "szechuan", "四川话", "四川"),
-    "yue": ("cantonese", "粤语", "广东话"),
-    "en": ("english", "英文", "英语"),
-    "ja": ("japanese", "日语", "日文"),
-    "ko": ("korean", "韩语", "韩文"),
-    "zh": ("chinese", "mandarin", "中文", "普通话", "汉语"),
-}
-_STYLE_WORDS = {
-    speech_pb2.SPEECH_STYLE_RAP: ("rap", "rapping", "rapper", "说唱"),
-    speech_pb2.SPEECH_STYLE_HUMMING: ("hum", "humming", "hummed", "哼唱"),
-}
 _ENGLISH_WORD = re.compile(r"[a-z]+")
 
 
-def _first_named(text: str, words: set[str], vocabulary: dict) -> object | None:
-    """The first value of ``vocabulary`` one of whose words or phrases ``text`` contains (vocabulary order)."""
+def voice_controls(named: Mapping[str, str], supported: Collection[str] | None = None) -> speech_pb2.VoiceControls:
+    """VoiceControls from control names to value names as ``CONTROL_VALUES`` spells them ("": none), keeping only
+    the ``supported`` controls (a voice's ``supported_controls``; None: all)."""
+    return speech_pb2.VoiceControls(
+        **{
+            control: CONTROL_VALUES[control][value]
+            for control, value in named.items()
+            if value and (supported is None or control in supported)
+        }
+    )
+
+
+def _first_named(text: str, words: set[str], vocabulary: dict[str, tuple[str, ...]]) -> str:
+    """The first value of ``vocabulary`` one of whose words or phrases ``text`` contains (vocabulary order); ""
+    for none."""
     for value, names in vocabulary.items():
         for name in names:
             if (name in words) if name.isascii() else (name in text):
                 return value
-    return None
+    return ""
 
 
 def controls_from_instructions(instructions: str, supported: Collection[str] | None = None) -> speech_pb2.VoiceControls:
@@ -67,18 +94,8 @@ def controls_from_instructions(instructions: str, supported: Collection[str] | N
     voice's ``supported_controls``; None: all); an empty message when it names none."""
     text = instructions.lower()
     words = set(_ENGLISH_WORD.findall(text))
-    named = {
-        "emotion": _first_named(text, words, _EMOTION_WORDS),
-        "language": _first_named(text, words, _LANGUAGE_WORDS),
-        "style": _first_named(text, words, _STYLE_WORDS),
-    }
-    return speech_pb2.VoiceControls(
-        **{
-            name: value
-            for name, value in named.items()
-            if value is not None and (supported is None or name in supported)
-        }
-    )
+    named = {control: _first_named(text, words, vocabulary) for control, vocabulary in _INSTRUCTION_WORDS.items()}
+    return voice_controls(named, supported)
 
 
 def resolve_voice(voice: str | VoiceRef | None, settings: HttpSettings, param: str = "voice") -> str:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from services.common.emotion import NOT_DETECTED, EmotionReading
+
 
 @dataclass(frozen=True)
 class EngineCapabilities:
@@ -42,6 +44,8 @@ class TranscriptEvent:
     start_seconds: float
     end_seconds: float
     is_final: bool = True
+    # How the speaker sounds in this segment; NOT_DETECTED unless the engine has an emotion classifier that could tell.
+    emotion: EmotionReading = NOT_DETECTED
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from services.common.audio import (
     resample,
 )
 from services.common.concurrency import run_blocking
+from services.common.emotion import NOT_DETECTED, EmotionReading
 from services.common.errors import InvalidArgument
 from services.common.languages import language_hint
 from services.common.wire import declared_format, transcript_message
@@ -56,7 +57,7 @@ def _response(event: TokenizerEvent) -> tokenizer_pb2.StreamingTokenizeResponse:
     if isinstance(event, TranscriptEvent):
         return tokenizer_pb2.StreamingTokenizeResponse(
             transcript=transcript_message(
-                event.text, event.language, event.start_seconds, event.end_seconds, event.is_final
+                event.text, event.language, event.start_seconds, event.end_seconds, event.is_final, event.emotion
             )
         )
     assert isinstance(event, SpeechEvent)
@@ -175,16 +176,28 @@ def _tokenize_response(
     response = tokenizer_pb2.TokenizeResponse(duration_seconds=duration)
     token_ids: list[int] = []
     texts: list[str] = []
+    transcripts: list[TranscriptEvent] = []
     language = ""
     for event in events:
         if isinstance(event, TokensEvent):
             token_ids.extend(event.token_ids)
         elif isinstance(event, TranscriptEvent) and event.text:
             texts.append(event.text)
+            transcripts.append(event)
             language = language or event.language
     if options.emit_tokens:
         response.tokens.CopyFrom(_tokens_message(TokensEvent(tuple(token_ids), 0.0, duration)))
     if options.emit_transcript:
         joiner = "" if language in ("zh", "ja") else " "
-        response.transcript.CopyFrom(transcript_message(joiner.join(texts), language, 0.0, duration))
+        emotion = clip_emotion(transcripts)
+        response.transcript.CopyFrom(transcript_message(joiner.join(texts), language, 0.0, duration, emotion=emotion))
     return response
+
+
+def clip_emotion(transcripts: list[TranscriptEvent]) -> EmotionReading:
+    """The emotion of a whole clip: that of its longest utterance with a detected emotion (the one that covers most
+    of the speech), else the reading of an utterance where an engine listened but could not tell, else NOT_DETECTED."""
+    detected = [event for event in transcripts if event.emotion.detected]
+    if detected:
+        return max(detected, key=lambda event: event.end_seconds - event.start_seconds).emotion
+    return next((event.emotion for event in transcripts if event.emotion.engine), NOT_DETECTED)

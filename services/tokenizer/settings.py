@@ -66,6 +66,12 @@ class TokenizerSettings(ServiceSettings):
     synthetic_endpoint_seconds: float = Field(
         0.5, ge=0.02, description="synthetic: silence that ends an utterance (an endpoint), in seconds."
     )
+    synthetic_real_time_factor: float = Field(
+        0.0,
+        ge=0,
+        description="synthetic: seconds of work per second of audio fed (0.05: a 50 s clip keeps the engine busy "
+        "2.5 s), so a fault test can land mid-request. 0: as fast as the machine goes.",
+    )
     synthetic_fail_health_file: str = Field(
         "",
         description="synthetic: while this file exists the liveness check fails (the file holding 'fatal': "

@@ -49,8 +49,8 @@ class TtsEngine(abc.ABC):
     @abc.abstractmethod
     def synthesize(self, text: str, voice: VoiceInfo, controls: Controls) -> AsyncIterator[PcmChunk]:
         """Stream audio for ``text``. ``voice`` comes from ``voices()``; ``controls`` only names
-        controls in ``voice.supported_controls`` (the servicer rejects the rest), except volume,
-        which the servicer applies itself. Closing the iterator must stop the work."""
+        controls in ``voice.supported_controls`` (the servicer rejects the rest), except volume
+        and pitch, which the servicer applies itself. Closing the iterator must stop the work."""
 
     async def register_voice(
         self,

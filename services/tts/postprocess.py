@@ -1,14 +1,22 @@
-"""Audio post-processing of synthesised speech: tempo (speed without pitch change) and volume.
+"""Audio post-processing of synthesised speech: tempo (speed without pitch change), pitch (without
+tempo change) and volume.
 
-The reference Step-Audio applies these after synthesis with sox (``tempo`` for ``speed_ratio`` and
-``vol``). We do the same in process: tempo with WSOLA from ``audiotsm`` (MIT, pure numpy), chosen
-over librosa's phase vocoder (phasey on speech: a worse round-trip log-mel distance) and pytsmod
-(GPL-3.0, same quality) — measurements in docs/voices.md.
+The reference Step-Audio applies speed and volume after synthesis with sox (``tempo`` for
+``speed_ratio`` and ``vol``). We do the same in process: tempo with WSOLA from ``audiotsm`` (MIT, pure
+numpy), chosen over librosa's phase vocoder (phasey on speech: a worse round-trip log-mel distance)
+and pytsmod (GPL-3.0, same quality) — measurements in docs/voices.md. Pitch is the same WSOLA
+stretching the audio by the pitch ratio, then a soxr resampler playing it back that much faster:
+the classic time-stretch + resample shift, chosen over WORLD, Praat PSOLA, Signalsmith Stretch,
+Rubber Band and STFT shifters because it streams with output identical to the offline result and
+keeps intelligibility over its range (measurements in docs/decisions.md and docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import soxr
+
+from services.common.controls import MAX_PITCH, MIN_PITCH
 
 MIN_SPEED = 0.5
 MAX_SPEED = 2.0
@@ -101,6 +109,66 @@ class SpeedChanger:
             tail = np.concatenate([tail, np.zeros(remaining - tail.size, dtype=np.float32)])
         self._out += tail.size
         return tail
+
+
+def _check_semitones(semitones: float) -> None:
+    if not MIN_PITCH <= semitones <= MAX_PITCH:
+        raise ValueError(f"pitch shift {semitones:g} semitones is out of range {MIN_PITCH:g}..{MAX_PITCH:g}")
+
+
+class PitchShifter:
+    """Streaming pitch shift by ``semitones`` at the same tempo, with no seams between chunks: ``push``
+    each chunk as it arrives, then ``finish`` for the tail; in total exactly as many samples come out
+    as went in. WSOLA makes the audio 2^(semitones/12) times longer at the same pitch, and a soxr
+    stream resampler plays it back that much faster, which raises (or lowers) every frequency by the
+    ratio. Both keep their state between chunks, so any chunking gives the output of one whole push
+    (:func:`shift_pitch`). Formants move with the pitch, which is why the range is kept to ±4
+    semitones. Output lags input by about a WSOLA frame. Raises ValueError outside the range."""
+
+    def __init__(self, rate: int, semitones: float) -> None:
+        _check_semitones(semitones)
+        self._frame = _frame_length(rate)
+        self._in = 0
+        self._out = 0
+        self._tsm = None
+        if semitones:
+            ratio = 2.0 ** (semitones / 12.0)
+            self._tsm = _tsm(rate, 1.0 / ratio)
+            self._resampler = soxr.ResampleStream(rate * ratio, rate, 1, dtype="float32", quality="HQ")
+
+    def push(self, samples: np.ndarray) -> np.ndarray:
+        samples = np.asarray(samples, dtype=np.float32)
+        if self._tsm is None or samples.size == 0:
+            return samples
+        self._in += samples.size
+        ArrayReader, ArrayWriter = _io()
+        writer = ArrayWriter(1)
+        self._tsm.run(ArrayReader(samples[None, :]), writer, flush=False)
+        out = self._resampler.resample_chunk(writer.data[0].astype(np.float32))
+        self._out += out.size
+        return out
+
+    def finish(self) -> np.ndarray:
+        """The rest of the output."""
+        if self._tsm is None:
+            return np.zeros(0, dtype=np.float32)
+        ArrayReader, ArrayWriter = _io()
+        writer = ArrayWriter(1)
+        self._tsm.run(ArrayReader(np.zeros((1, 2 * self._frame), dtype=np.float32)), writer)
+        tail = self._resampler.resample_chunk(writer.data[0].astype(np.float32), last=True)
+        remaining = max(0, self._in - self._out)
+        tail = tail[:remaining]
+        if tail.size < remaining:
+            tail = np.concatenate([tail, np.zeros(remaining - tail.size, dtype=np.float32)])
+        self._out += tail.size
+        return tail
+
+
+def shift_pitch(samples: np.ndarray, rate: int, semitones: float) -> np.ndarray:
+    """``samples`` ``semitones`` higher (negative: lower) at the same tempo and length. Mono float32 in
+    and out; 0 returns the input unchanged. Raises ValueError outside MIN_PITCH..MAX_PITCH."""
+    shifter = PitchShifter(rate, semitones)
+    return np.concatenate([shifter.push(samples), shifter.finish()])
 
 
 def apply_volume(samples: np.ndarray, factor: float) -> np.ndarray:

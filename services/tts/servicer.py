@@ -1,4 +1,4 @@
-"""gRPC adapter of the TTS engine: validation, voice lookup, volume, resampling, chunking."""
+"""gRPC adapter of the TTS engine: validation, voice lookup, pitch, volume, resampling, chunking."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from services.common.controls import controls_from_message
 from services.common.errors import InvalidArgument, NotFound
 from services.common.wire import audio_chunk, declared_format
 from services.tts.engine import PcmChunk, TtsEngine, VoiceInfo
-from services.tts.postprocess import apply_volume
+from services.tts.postprocess import PitchShifter, apply_volume
 from services.tts.settings import TtsSettings
 from services.tts.voices import prompt_wav_from
 
@@ -34,18 +34,24 @@ def voice_message(voice: VoiceInfo) -> speech_pb2.Voice:
 
 # Converting a chunk costs up to ~0.4 ms per second of audio (resampling; measured on this project's 2-core
 # machine). Chunks up to this long are converted on the event loop (a thread hop costs about as much); longer ones,
-# such as a whole sentence from a voice worker, on a worker thread.
+# such as a whole sentence from a voice worker, on a worker thread. A pitch shift costs ~20x more (WSOLA): with one,
+# every chunk is converted on a worker thread.
 _INLINE_SECONDS = 1.0
+# Controls every voice has because the servicer applies them to the engine's audio.
+_SERVICER_CONTROLS = frozenset({"volume", "pitch"})
 
 
 class _AudioOutput:
-    """Engine chunks → wire chunks of one Synthesize call: resampling, volume, PCM16 pieces of at most
-    ``piece`` samples, numbered in order. CPU work: the servicer runs it on a worker thread."""
+    """Engine chunks → wire chunks of one Synthesize call: pitch shift (at the engine's rate, after the engine's
+    own speed change: the two combine), resampling, volume, PCM16 pieces of at most ``piece`` samples, numbered in
+    order. CPU work: the servicer runs it on a worker thread."""
 
-    def __init__(self, rate: int, piece: int, volume: float) -> None:
+    def __init__(self, rate: int, piece: int, volume: float, pitch: float = 0.0) -> None:
         self._rate = rate
         self._piece = piece
         self._volume = volume
+        self._pitch = pitch
+        self._shifter: PitchShifter | None = None
         self._resampler: StreamResampler | None = None
         self._sequence = 0
         self._sent = 0
@@ -53,13 +59,16 @@ class _AudioOutput:
     def convert(self, chunk: PcmChunk) -> list[tts_pb2.SynthesizeResponse]:
         if self._resampler is None:
             self._resampler = StreamResampler(chunk.sample_rate_hz, self._rate)
-        return self._pieces(self._resampler.push(chunk.samples))
+            self._shifter = PitchShifter(chunk.sample_rate_hz, self._pitch) if self._pitch else None
+        samples = self._shifter.push(chunk.samples) if self._shifter else chunk.samples
+        return self._pieces(self._resampler.push(samples))
 
     def finish(self) -> list[tts_pb2.SynthesizeResponse]:
-        """The resampler's tail (nothing if no chunk came)."""
+        """The pitch shifter's and the resampler's tails (nothing if no chunk came)."""
         if self._resampler is None:
             return []
-        return self._pieces(self._resampler.push(np.zeros(0, dtype=np.float32), last=True))
+        tail = self._shifter.finish() if self._shifter else np.zeros(0, dtype=np.float32)
+        return self._pieces(self._resampler.push(tail, last=True))
 
     def _pieces(self, samples: np.ndarray) -> list[tts_pb2.SynthesizeResponse]:
         samples = apply_volume(samples, self._volume)
@@ -97,7 +106,7 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             )
         voice = self._voice(request.voice_id)
         controls = controls_from_message(request.controls)
-        unsupported = set(controls.requested()) - set(voice.supported_controls) - {"volume"}
+        unsupported = set(controls.requested()) - set(voice.supported_controls) - _SERVICER_CONTROLS
         if unsupported:
             raise InvalidArgument(
                 f"voice {voice.voice_id} does not support {', '.join(sorted(unsupported))}; "
@@ -105,11 +114,11 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             )
         rate = request.sample_rate_hz or voice.native_sample_rate_hz
         check_sample_rate(rate)
-        output = _AudioOutput(rate, max(1, int(self._settings.chunk_seconds * rate)), controls.volume)
+        output = _AudioOutput(rate, max(1, int(self._settings.chunk_seconds * rate)), controls.volume, controls.pitch)
         chunks = self._engine.synthesize(text, voice, controls)
         try:
             async for chunk in chunks:
-                if len(chunk.samples) > _INLINE_SECONDS * chunk.sample_rate_hz:
+                if controls.pitch or len(chunk.samples) > _INLINE_SECONDS * chunk.sample_rate_hz:
                     responses = await run_blocking(output.convert, chunk)
                 else:
                     responses = output.convert(chunk)

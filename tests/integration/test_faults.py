@@ -31,7 +31,8 @@ RATE = 16000
 
 
 def synthetic_env(run_dir: Path) -> dict[str, str]:
-    """Slow enough that a fault lands mid-turn: a reply of 40 words at 20 words/s, TTS at half real time."""
+    """Slow enough that a fault lands mid-turn: a reply of 40 words at 20 words/s, TTS at half real time, the
+    tokenizer at 1/20 of real time."""
     env = {
         "TOKENIZER_ENGINE": "synthetic",
         "CHAT_ENGINE": "synthetic",
@@ -39,6 +40,7 @@ def synthetic_env(run_dir: Path) -> dict[str, str]:
         "CHAT_SYNTHETIC_TOKENS_PER_SECOND": "20",
         "CHAT_SYNTHETIC_REPLY_WORDS": "40",
         "TTS_SYNTHETIC_REAL_TIME_FACTOR": "0.5",
+        "TOKENIZER_SYNTHETIC_REAL_TIME_FACTOR": "0.05",  # a 50 s clip: Tokenize busy 2.5 s
         "TTS_REGISTRY_DIR": str(run_dir / "voices"),
         "GATEWAY_VOICE_EN": "synthetic-en",
         "GATEWAY_VOICE_ZH": "synthetic-zh",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -19,6 +20,7 @@ import pytest
 import soundfile
 from stepaudio.chat.v1 import chat_pb2, chat_pb2_grpc
 from stepaudio.common.v1 import speech_pb2
+from stepaudio.gateway.v1 import gateway_pb2
 from stepaudio.tokenizer.v1 import tokenizer_pb2, tokenizer_pb2_grpc
 from stepaudio_client.client import GatewayClient, wav_audio
 
@@ -56,6 +58,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
             "GATEWAY_DEFAULT_SYSTEM_PROMPT": SYSTEM,
             "GATEWAY_VOICE_ZH": "Tingting",
             "GATEWAY_VOICE_EN": "Tingting",
+            "GATEWAY_VOICE_JA": "Tingting",
         },
         python={"chat": str(VLLM_PYTHON), "tts": str(VLLM_PYTHON)},
         service_env={
@@ -160,3 +163,56 @@ async def test_a_cloned_voice_is_registered_used_and_deleted_through_the_gateway
         with pytest.raises(grpc.aio.AioRpcError) as gone:
             [chunk async for chunk in client.synthesize("你好。", voice_id="yuqian", timeout=60)]
         assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _metric_sum(metrics_url: str, family_name: str, sample_name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels end with ``labels``' values."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == family_name
+        for sample in family.samples
+        if sample.name == sample_name and all(sample.labels.get(k, "").endswith(v) for k, v in labels.items())
+    )
+
+
+def _generate_calls(metrics_url: str) -> float:
+    """Generate RPCs the chat stage has finished (its ``stepaudio_rpc_handled_total``)."""
+    return _metric_sum(metrics_url, "stepaudio_rpc_handled", "stepaudio_rpc_handled_total", method="Generate")
+
+
+async def test_the_chat_model_reads_the_users_emotion_from_the_audio_tokens_it_hears(cluster: LocalCluster) -> None:
+    # The tiny LM answers nonsense: the gateway must then say "not detected" (by the chat model), never guess.
+    async with grpc.aio.insecure_channel(cluster.services["chat"].address) as channel:
+        info = await chat_pb2_grpc.ChatServiceStub(channel).GetEngineInfo(chat_pb2.GetEngineInfoRequest())
+    chat_metrics, gateway_metrics = cluster.services["chat"].metrics_url, cluster.services["gateway"].metrics_url
+    stage = "stepaudio_gateway_stage_duration_seconds"
+    before = _generate_calls(chat_metrics)
+    readings_before = _metric_sum(gateway_metrics, stage, stage + "_count", stage="emotion")
+    reading_seconds_before = _metric_sum(gateway_metrics, stage, stage + "_sum", stage="emotion")
+    async with GatewayClient(cluster.gateway_address) as client:
+        result = await client.chat(
+            audio=wav_audio(recording()),
+            voice_id="Tingting",
+            sampling=SAMPLING,
+            reply_mode=gateway_pb2.REPLY_MODE_EMPATHETIC,
+            timeout=240,
+        )
+    assert _generate_calls(chat_metrics) - before == 2  # the reading, then the reply
+    emotion = result.user_emotion
+    assert emotion.engine == f"chat:{info.model}" and not emotion.HasField("confidence")
+    assert emotion.emotion in speech_pb2.SpeakerEmotion.values()
+    assert result.summary.user_emotion == emotion
+    if emotion.emotion == speech_pb2.SPEAKER_EMOTION_UNSPECIFIED:
+        assert result.summary.reply_emotion == speech_pb2.EMOTION_UNSPECIFIED
+    assert result.reply_text and len(result.pcm) > 0
+    assert _metric_sum(gateway_metrics, stage, stage + "_count", stage="emotion") - readings_before == 1
+    reading = _metric_sum(gateway_metrics, stage, stage + "_sum", stage="emotion") - reading_seconds_before
+    print(
+        f"\nchat reading: {speech_pb2.SpeakerEmotion.Name(emotion.emotion)} by {emotion.engine} in {reading:.2f} s; "
+        f"understanding (tokenize + reading) {result.summary.latency.transcribe_seconds:.2f} s, first audio "
+        f"{result.summary.latency.first_audio_seconds:.2f} s"
+    )

@@ -173,7 +173,7 @@ async def test_lists_the_builtin_voice(service: TtsProcess) -> None:
     async with grpc.aio.insecure_channel(service.address) as channel:
         voices = (await tts_pb2_grpc.TtsServiceStub(channel).ListVoices(tts_pb2.ListVoicesRequest())).voices
     assert [(v.voice_id, v.engine, v.native_sample_rate_hz) for v in voices] == [("Tingting", "step-audio", RATE)]
-    assert {"emotion", "style", "speed", "volume"} <= set(voices[0].supported_controls)
+    assert {"emotion", "style", "speed", "volume", "pitch"} <= set(voices[0].supported_controls)
 
 
 async def test_synthesize_streams_pcm_from_audio_ids_only_with_the_rule_applied(service: TtsProcess) -> None:

@@ -1,4 +1,6 @@
-from services.gateway.clauses import ClauseSplitter, looks_chinese
+import pytest
+
+from services.gateway.clauses import ClauseSplitter, looks_chinese, reply_language
 
 
 def split(text: str, step: int = 3) -> list[str]:
@@ -30,3 +32,24 @@ def test_language_detection() -> None:
     assert looks_chinese("你好，今天天气不错")
     assert looks_chinese("我喜欢Python")
     assert not looks_chinese("Hello there, 你")
+
+
+@pytest.mark.parametrize(
+    ("text", "language"),
+    [
+        ("こんにちは、今日はいい天気ですね。", "ja"),
+        ("富士山は日本で一番高い山です。", "ja"),
+        ("コーヒーをください", "ja"),
+        ("ｺｰﾋｰ", "ja"),  # half-width katakana
+        ("私はPythonが好きです", "ja"),
+        ("你好，今天天气不错", "zh"),
+        ("我喜欢Python", "zh"),
+        ("長城很長", "zh"),  # kanji alone: Chinese
+        ("Hello everyone, こんにちは", "en"),
+        ("Hello there.", "en"),
+        ("123 !!", "en"),
+    ],
+)
+def test_reply_language(text: str, language: str) -> None:
+    assert reply_language(text) == language
+    assert looks_chinese(text) == (language == "zh")

@@ -269,6 +269,7 @@ class Cluster:
             sessions_dir=str(self._root / "sessions"),
             voice_en="Tingting",
             voice_zh="Tingting",
+            voice_ja="Tingting",
         )
         self.stages = Stages(settings)
         sessions = SessionStore(Path(settings.sessions_dir), settings.max_sessions)

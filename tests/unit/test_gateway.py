@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from stepaudio.chat.v1 import chat_pb2_grpc
 from stepaudio.common.v1 import audio_pb2, speech_pb2
@@ -163,6 +164,36 @@ async def test_chinese_reply_uses_the_chinese_voice_and_sample_rate_is_honoured(
     assert result.sample_rate_hz == 8000 and len(result.pcm) > 0
 
 
+async def test_replies_and_voiceless_synthesis_take_the_voice_of_their_language(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, voice_ja="fake-ja")
+    cluster.tts.extra_voices = ("fake-ja",)
+    await cluster.start()
+    try:
+        cluster.chat.reply = "こんにちは、私はアシスタントです。 今日はいい天気ですね。"
+        await cluster.client.chat("こんにちは")
+        cluster.chat.reply = "Hello there."
+        await cluster.client.chat("hello")
+        [chunk async for chunk in cluster.client.synthesize("富士山は日本で一番高い山です。")]
+        [chunk async for chunk in cluster.client.synthesize("长城很长。")]
+        [chunk async for chunk in cluster.client.synthesize("Good morning.")]
+        [chunk async for chunk in cluster.client.synthesize("こんにちは", voice_id="fake-en")]
+        voices = [voice for _, voice, _ in cluster.tts.texts]
+        assert voices == ["fake-ja", "fake-ja", "fake-en", "fake-ja", "fake-zh", "fake-en", "fake-en"]
+    finally:
+        await cluster.stop()
+
+
+async def test_pitch_reaches_the_tts_stage_and_moves_the_tone(cluster: Cluster) -> None:
+    chunks = [
+        c async for c in cluster.client.synthesize("hello " * 8, "fake-en", speech_pb2.VoiceControls(pitch=4, speed=2))
+    ]
+    samples = np.frombuffer(b"".join(c.content for c in chunks), "<i2") / 32768
+    assert len(samples) == pytest.approx(0.01 * 47 * 16000 / 2, abs=20)  # the speed alone sets the length
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    assert np.argmax(spectrum) * 16000 / len(samples) == pytest.approx(440 * 2 ** (4 / 12), rel=0.02)
+    assert cluster.tts.texts[-1][2].pitch == 4.0
+
+
 async def test_spoken_turn_is_transcribed_and_stored_as_text_in_the_session(cluster: Cluster, tmp_path: Path) -> None:
     session = await cluster.client.create_session(system_prompt="Be brief.")
     audio = wav_audio(wav(tone(0.5, 16000), 16000))
@@ -225,6 +256,7 @@ async def test_the_client_deadline_reaches_the_stages(cluster: Cluster) -> None:
         ({"text": "hi", "session_id": "0" * 32 + "\n"}, grpc.StatusCode.INVALID_ARGUMENT, "malformed"),
         ({"text": "hi", "system_prompt": "x" * 201}, grpc.StatusCode.INVALID_ARGUMENT, "system_prompt is 201"),
         ({"text": "hi", "controls": speech_pb2.VoiceControls(speed=9)}, grpc.StatusCode.INVALID_ARGUMENT, "speed 9"),
+        ({"text": "hi", "controls": speech_pb2.VoiceControls(pitch=7)}, grpc.StatusCode.INVALID_ARGUMENT, "pitch 7"),
         ({"text": "hi", "sample_rate_hz": 3}, grpc.StatusCode.INVALID_ARGUMENT, "out of range"),
         ({"text": "hi", "sampling": speech_pb2.SamplingParams(top_p=2)}, grpc.StatusCode.INVALID_ARGUMENT, "top_p"),
         ({"audio": audio_pb2.Audio(content=b"not audio")}, grpc.StatusCode.INVALID_ARGUMENT, "not a WAV"),

@@ -18,6 +18,7 @@ import uvicorn
 import websockets
 from openai import AsyncOpenAI
 
+from services.common.controls import EMOTIONS, STYLES
 from services.gateway import metrics as gateway_metrics
 from services.http import g711, realtime
 from services.http import metrics as http_metrics
@@ -30,6 +31,9 @@ from services.http.realtime_events import (
     apply_session_update,
 )
 from services.http.settings import HttpSettings
+from services.http.speech_options import CONTROL_VALUES
+from services.tts.engine import VoiceInfo
+from tests.fakes import FakeTtsEngine
 from tests.unit.test_gateway import Cluster
 
 RATE = 24000
@@ -379,6 +383,159 @@ async def test_an_idle_connection_is_closed(cluster: Cluster) -> None:
                 await asyncio.wait_for(ws.recv(), 5)
 
 
+# --- the voice_controls extension -------------------------------------------------------------------------------
+
+
+class EmotiveFakeTtsEngine(FakeTtsEngine):
+    """The fake engine plus "fake-emotive", a voice that honours emotion and style (and speed), not language."""
+
+    def voices(self) -> list[VoiceInfo]:
+        emotive = VoiceInfo("fake-emotive", "Fake Emotive", ("en-US",), 24000, "fake", ("emotion", "style", "speed"))
+        return [*super().voices(), emotive]
+
+
+@pytest.fixture
+async def emotive_cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    cluster = Cluster(tmp_path)
+    cluster.tts = EmotiveFakeTtsEngine()
+    await cluster.start()
+    yield cluster
+    await cluster.stop()
+
+
+async def raw_events_until(ws, last: str, timeout: float = 10) -> list[dict]:
+    """Raw server events up to and including the first of type ``last``."""
+    events = []
+    async with asyncio.timeout(timeout):
+        while not events or events[-1]["type"] != last:
+            events.append(json.loads(await ws.recv()))
+    return events
+
+
+async def typed_turn(ws, text: str = "Hi", response: dict | None = None) -> list[dict]:
+    item = {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+    await ws.send(json.dumps({"type": "conversation.item.create", "item": item}))
+    await ws.send(json.dumps({"type": "response.create", **({"response": response} if response else {})}))
+    return await raw_events_until(ws, "response.done")
+
+
+def audio_of_raw(events: list[dict]) -> bytes:
+    return b"".join(base64.b64decode(e["delta"]) for e in events if e["type"] == "response.audio.delta")
+
+
+def tts_controls(cluster: Cluster) -> set[tuple[str, str | None, str, str | None, float]]:
+    """The (voice, emotion, language, style, speed) of every text the TTS engine spoke since the last call."""
+    spoken = {(voice, c.emotion, c.language, c.style, c.speed) for _, voice, c in cluster.tts.texts}
+    cluster.tts.texts.clear()
+    return spoken
+
+
+async def test_voice_controls_are_echoed_and_reach_the_tts_engine_in_a_chat_turn(emotive_cluster: Cluster) -> None:
+    async with http_service(emotive_cluster.address) as address:
+        async with websockets.connect(f"ws://{address}/v1/realtime") as ws:
+            created = json.loads(await ws.recv())["session"]
+            assert created["voice_controls"] == {"emotion": "", "language": "", "style": ""}
+            assert created["voice_controls_ignored"] == []
+            session = {
+                "voice": "fake-emotive",
+                "speed": 1.25,
+                "turn_detection": None,
+                "voice_controls": {"emotion": "happy", "language": "zh-sichuan", "style": "rap"},
+            }
+            await ws.send(json.dumps({"type": "session.update", "session": session}))
+            updated = json.loads(await ws.recv())
+            assert updated["type"] == "session.updated"
+            assert updated["session"]["voice_controls"] == session["voice_controls"]
+            assert updated["session"]["voice_controls_ignored"] == ["language"]  # fake-emotive has no language
+            events = await typed_turn(ws)
+            assert events[-1]["response"]["status"] == "completed" and audio_of_raw(events)
+            assert tts_controls(emotive_cluster) == {("fake-emotive", "happy", "", "rap", 1.25)}
+
+            # A control left out keeps its value; "" clears one.
+            await ws.send(json.dumps({"type": "session.update", "session": {"voice_controls": {"style": ""}}}))
+            updated = json.loads(await ws.recv())["session"]
+            assert updated["voice_controls"] == {"emotion": "happy", "language": "zh-sichuan", "style": ""}
+            # A response can override the controls, like the voice.
+            events = await typed_turn(ws, response={"voice_controls": {"emotion": "sad"}})
+            assert events[-1]["response"]["status"] == "completed"
+            assert tts_controls(emotive_cluster) == {("fake-emotive", "sad", "", None, 1.25)}
+
+
+async def test_voice_controls_reach_the_streaming_chat_of_a_ga_session(emotive_cluster: Cluster) -> None:
+    async with http_service(emotive_cluster.address) as address:
+        async with openai_client(address).realtime.connect(model="step-audio") as connection:
+            await connection.recv()
+            await connection.send(
+                {
+                    "type": "session.update",
+                    "session": {
+                        "type": "realtime",
+                        "audio": {"output": {"voice": "fake-emotive"}},
+                        "voice_controls": {"emotion": "angry", "style": "humming"},
+                    },
+                }
+            )
+            updated = (await connection.recv()).to_dict()
+            assert updated["type"] == "session.updated" and updated["session"]["type"] == "realtime"
+            assert updated["session"]["audio"]["output"]["voice"] == "fake-emotive"
+            assert updated["session"]["voice_controls"] == {"emotion": "angry", "language": "", "style": "humming"}
+            assert updated["session"]["voice_controls_ignored"] == []
+            await speak(connection)
+            events = await events_until(connection, "response.done")
+    assert events[-1].response.status == "completed" and audio_of(events, "response.output_audio.delta")
+    assert tts_controls(emotive_cluster) == {("fake-emotive", "angry", "", "humming", 1.0)}
+
+
+async def test_controls_the_voice_does_not_honour_are_dropped_not_fatal(emotive_cluster: Cluster) -> None:
+    async with http_service(emotive_cluster.address) as address:
+        async with websockets.connect(f"ws://{address}/v1/realtime") as ws:
+            await ws.recv()
+            # OpenAI's voice names leave the voice to the gateway: only what every voice honours is kept, and the
+            # fake-en and fake-zh voices honour no emotion.
+            session = {"voice": "alloy", "turn_detection": None, "voice_controls": {"emotion": "coquettish"}}
+            await ws.send(json.dumps({"type": "session.update", "session": session}))
+            assert json.loads(await ws.recv())["session"]["voice_controls_ignored"] == ["emotion"]
+            events = await typed_turn(ws)
+            assert events[-1]["response"]["status"] == "completed" and audio_of_raw(events)
+            assert {emotion for _, emotion, *_ in tts_controls(emotive_cluster)} == {None}
+
+            await ws.send(json.dumps({"type": "session.update", "session": {"voice": "fake-en"}}))
+            updated = json.loads(await ws.recv())["session"]
+            assert updated["voice_controls"]["emotion"] == "coquettish"  # kept, for a voice that honours it
+            assert updated["voice_controls_ignored"] == ["emotion"]
+            events = await typed_turn(ws, response={"voice": "fake-emotive"})  # this one does
+            assert events[-1]["response"]["status"] == "completed"
+            assert tts_controls(emotive_cluster) == {("fake-emotive", "coquettish", "", None, 1.0)}
+            events = await typed_turn(ws)
+            assert events[-1]["response"]["status"] == "completed"
+            assert tts_controls(emotive_cluster) == {("fake-en", None, "", None, 1.0)}
+
+
+async def test_a_bad_voice_control_gets_an_error_naming_it_and_the_socket_keeps_working(http: str) -> None:
+    async with websockets.connect(f"ws://{http}/v1/realtime") as ws:
+        await ws.recv()
+        bad = [
+            ({"emotion": "joyful"}, "session.voice_controls.emotion", "invalid_value"),
+            ({"language": "fr"}, "session.voice_controls.language", "invalid_value"),
+            ({"style": 3}, "session.voice_controls.style", "invalid_value"),
+            ({"dialect": "yue"}, "session.voice_controls.dialect", "unknown_parameter"),
+            ("happy", "session.voice_controls", None),
+        ]
+        for controls, param, code in bad:
+            await ws.send(json.dumps({"type": "session.update", "session": {"voice_controls": controls}}))
+            event = json.loads(await ws.recv())
+            assert event["type"] == "error" and event["error"]["param"] == param, event
+            assert event["error"]["code"] == code and event["error"]["type"] == "invalid_request_error"
+        await ws.send(json.dumps({"type": "session.update", "session": {"voice_controls": {"language": "yue"}}}))
+        updated = json.loads(await ws.recv())
+        assert updated["type"] == "session.updated"
+        assert updated["session"]["voice_controls"] == {"emotion": "", "language": "yue", "style": ""}
+
+
+def test_voice_control_names_are_the_tts_stages() -> None:
+    assert tuple(CONTROL_VALUES["emotion"]) == EMOTIONS and tuple(CONTROL_VALUES["style"]) == STYLES
+
+
 # --- the protocol's pure parts ----------------------------------------------------------------------------------
 
 
@@ -434,6 +591,8 @@ def test_session_update_takes_the_beta_and_the_ga_shape() -> None:
         ({"max_response_output_tokens": 0}, "session.max_response_output_tokens"),
         ({"speed": 4.0}, "session.speed"),
         ({"voice": ""}, "session.voice"),
+        ({"voice_controls": {"emotion": "joyful"}}, "session.voice_controls.emotion"),
+        ({"voice_controls": ["happy"]}, "session.voice_controls"),
     ],
 )
 def test_a_bad_session_field_is_named(session: object, param: str) -> None:

@@ -275,6 +275,16 @@ async def test_list_voices_filters_by_language(tts) -> None:
             "volume 9",
         ),
         (
+            tts_pb2.SynthesizeRequest(text="hi", controls=speech_pb2.VoiceControls(pitch=-4.5)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "controls.pitch -4.5 is out of range: use -4..4 semitones",
+        ),
+        (
+            tts_pb2.SynthesizeRequest(text="hi", controls=speech_pb2.VoiceControls(pitch=float("nan"))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "controls.pitch nan",
+        ),
+        (
             tts_pb2.SynthesizeRequest(text="hi", voice_id="fake-zh", controls=speech_pb2.VoiceControls(speed=1.5)),
             grpc.StatusCode.INVALID_ARGUMENT,
             "does not support speed",

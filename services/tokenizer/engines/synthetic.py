@@ -16,6 +16,8 @@ Per-stream state is a few counters and under 20 ms of audio, whatever the stream
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from services.common.synthetic import check_health_switch
@@ -57,6 +59,7 @@ class SyntheticStream(TokenizerStream):
     def __init__(self, settings: TokenizerSettings, options: StreamOptions) -> None:
         self._options = options
         self._threshold = settings.synthetic_rms_threshold
+        self._real_time_factor = settings.synthetic_real_time_factor
         self._endpoint_frames = max(1, round(settings.synthetic_endpoint_seconds * SAMPLE_RATE / FRAME))
         self._max_utterance_frames = max(1, round(settings.max_utterance_seconds * SAMPLE_RATE / FRAME))
         self._pending = np.zeros(0, dtype=np.float32)  # < one frame not yet judged
@@ -67,6 +70,8 @@ class SyntheticStream(TokenizerStream):
         self._group_energy = 0.0  # sum of squares of the current (incomplete) token group
 
     def feed(self, samples: np.ndarray) -> list[TokenizerEvent]:
+        if self._real_time_factor:  # engines run on a worker thread: sleeping here is the engine being busy
+            time.sleep(len(samples) / SAMPLE_RATE * self._real_time_factor)
         audio = np.concatenate([self._pending, np.asarray(samples, dtype=np.float32).reshape(-1)])
         whole = len(audio) // FRAME
         self._pending = audio[whole * FRAME :]

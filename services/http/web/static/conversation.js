@@ -16,6 +16,7 @@ import { StreamPlayer } from "./player.js";
 import { RealtimeClient, realtimeUrl } from "./realtime.js";
 
 const WIRE_RATE = 24000; // pcm16 of the Realtime protocol, both ways
+const PLAYBACK_REPORT_MS = 250; // how often the server hears how much of a streaming reply was played
 
 const $ = (id) => document.getElementById(id);
 const main = $("main");
@@ -41,9 +42,12 @@ let player = null;
 let client = null;
 let connecting = null;
 let microphone = null;
-const replies = new Map(); // response id → {entry, textNode, playedAtStart, itemId, ignoreAudio}
+// response id → {responseId, entry, text, itemId, playedAtStart (the player's played seconds where its audio
+// begins), ignoreAudio}, for the replies still streaming
+const replies = new Map();
 let currentReply = null; // the response being streamed
-let audibleReply = null; // the reply whose audio the player holds
+let audibleReply = null; // the reply whose audio the player holds (it may have finished streaming)
+let lastPlaybackReport = 0;
 const userEntries = new Map(); // item id → transcript entry of a spoken turn
 
 // --- page state -------------------------------------------------------------------------------------------------
@@ -77,12 +81,35 @@ function countAudio() {
   if (!player.isPlaying) settle();
 }
 
+// The counters follow the clock between chunks, and the server hears how much of the reply streaming now was
+// played (so a reply cut short by barge-in is kept in the history as far as the user heard it).
+function whilePlaying() {
+  if (!player.isPlaying) return;
+  countAudio();
+  const reply = audibleReply;
+  const now = performance.now();
+  if (reply?.itemId && replies.has(reply.responseId) && now - lastPlaybackReport >= PLAYBACK_REPORT_MS) {
+    lastPlaybackReport = now;
+    reportPlayback(reply);
+  }
+}
+
+function reportPlayback(reply) {
+  const heard = Math.max(0, player.playedSecondsNow - reply.playedAtStart);
+  client?.send({
+    type: "conversation.item.truncate",
+    item_id: reply.itemId,
+    content_index: 0,
+    audio_end_ms: Math.round(heard * 1000),
+  });
+}
+
 async function audioContext() {
   if (!context) {
     context = new AudioContext({ latencyHint: "interactive" });
     context.onstatechange = countAudio;
     player = new StreamPlayer(context, { onProgress: countAudio });
-    setInterval(() => player.isPlaying && countAudio(), 100); // the counters follow the clock between chunks
+    setInterval(whilePlaying, 100);
   }
   if (context.state === "suspended") await context.resume();
   countAudio();
@@ -202,7 +229,7 @@ function startReply(responseId) {
   const entry = addEntry("assistant", "");
   entry.setAttribute("aria-busy", "true"); // screen readers read the reply once, when it is complete
   entry.dataset.responseId = responseId;
-  replies.set(responseId, { entry, text: "", itemId: null, playedAtStart: null, ignoreAudio: false });
+  replies.set(responseId, { responseId, entry, text: "", itemId: null, playedAtStart: 0, ignoreAudio: false });
   currentReply = responseId;
   setState("replying");
   say("Replying…");
@@ -247,18 +274,10 @@ function bargeIn() {
   for (const [, reply] of replies) reply.ignoreAudio = true;
   if (!player?.isPlaying) return;
   const reply = audibleReply;
-  const heard = Math.max(0, player.playedSecondsNow - reply.playedAtStart);
+  if (reply.itemId) reportPlayback(reply);
   player.stop();
   reply.entry.classList.add("interrupted");
   main.dataset.bargeIns = String(Number(main.dataset.bargeIns) + 1);
-  if (reply.itemId) {
-    client?.send({
-      type: "conversation.item.truncate",
-      item_id: reply.itemId,
-      content_index: 0,
-      audio_end_ms: Math.round(heard * 1000),
-    });
-  }
 }
 
 // --- microphone and text ----------------------------------------------------------------------------------------

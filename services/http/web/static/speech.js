@@ -14,6 +14,7 @@ import {
   showRangeValue,
   voiceLabel,
 } from "./api.js";
+import { microphoneProblem } from "./mic.js";
 import { aLawToFloat32, float32ToWav, muLawToFloat32, pcm16ToFloat32 } from "./pcm.js";
 import { StreamPlayer } from "./player.js";
 
@@ -63,7 +64,7 @@ let context = null;
 let player = null;
 let downloadUrl = null;
 let previewUrl = null;
-let cloneClip = null; // {blob, name, seconds}
+let cloneClip = null; // {blob, name}: the recording to clone from
 let recorder = null;
 
 // --- text to speech ---------------------------------------------------------------------------------------------
@@ -105,6 +106,11 @@ async function speak(event) {
   ui.speechStatus.textContent = "Synthesising…";
   const format = ui.format.value;
   const started = performance.now();
+  if (RAW_FORMATS[format]) {
+    // Made (or resumed) while the click still counts as the user's gesture: browsers only let audio start then.
+    context ??= new AudioContext();
+    context.resume();
+  }
   try {
     const response = await fetch("/v1/audio/speech", {
       method: "POST",
@@ -132,7 +138,10 @@ async function speak(event) {
     } else {
       ui.audio.src = URL.createObjectURL(blob);
       ui.speechStatus.textContent = `Received ${formatBytes(bytes)} of ${format}; playing.`;
-      await ui.audio.play();
+      await ui.audio.play().catch((error) => {
+        if (error.name !== "NotAllowedError") throw error;
+        ui.speechStatus.textContent = `Received ${formatBytes(bytes)} of ${format}: press play to listen.`;
+      });
     }
   } catch (error) {
     ui.speechError.textContent = error.message;
@@ -145,7 +154,6 @@ async function speak(event) {
 
 // Plays a raw format chunk by chunk while it downloads (samples split across chunks are carried over).
 async function rawStream({ sampleRate, bytesPerSample, decode }) {
-  context ??= new AudioContext();
   if (context.state === "suspended") await context.resume();
   player?.stop();
   player = new StreamPlayer(context, {
@@ -283,7 +291,9 @@ async function toggleRecording() {
     if (!navigator.mediaDevices?.getUserMedia) {
       throw new Error("this browser gives no microphone here (it needs https, or http on localhost)");
     }
-    const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } });
+    const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1 } }).catch((error) => {
+      throw new Error(microphoneProblem(error));
+    });
     const chunks = [];
     const started = performance.now();
     recorder = new MediaRecorder(stream);
@@ -306,7 +316,7 @@ async function toggleRecording() {
     ui.cloneSource.textContent = `Recording (at most ${MAX_RECORDING_SECONDS} s)…`;
   } catch (error) {
     recorder = null;
-    ui.cloneError.textContent = `Cannot record: ${error.message}`;
+    ui.cloneError.textContent = `Cannot record: ${error.message}.`;
   }
 }
 

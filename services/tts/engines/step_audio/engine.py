@@ -74,7 +74,7 @@ log = logging.getLogger(__name__)
 
 NAME = "step-audio"
 DECODER_FOLDERS = {None: COMMON_DECODER, "music": MUSIC_DECODER}
-SUPPORTED_CONTROLS = ("emotion", "language", "style", "speed", "volume")
+SUPPORTED_CONTROLS = ("emotion", "language", "style", "speed", "volume", "pitch")
 PREFIX = "TTS_STEP_AUDIO_"
 
 GENERATED = Counter("stepaudio_tts_step_audio_generated_ids", "Ids the step-audio LM generated (final EOT included).")
